@@ -1,0 +1,365 @@
+"""Every knob of the course in one dataclass, and the three profiles (part 02).
+
+`TrainingConfig()` is the full-size run (Gemma 3 1B-it on a Kaggle TPU). The other profiles
+are `dataclasses.replace` of it, never copies, so a default changed here changes every profile:
+
+>>> cfg = TrainingConfig.for_profile("smoke")
+>>> cfg.num_generations, cfg.model
+(4, 'tiny')
+
+A bad value raises `ValueError` naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+PROFILES = ("smoke", "cpu", "gpu", "tpu")
+MODELS = ("tiny", "gemma3-270m", "gemma3-1b-it")
+DATA_SOURCES = ("auto", "synthetic", "local", "huggingface", "kaggle")
+REWARD_WEIGHT_FIELDS = (
+    "format_reward_weight",
+    "coherence_reward_weight",
+    "correctness_reward_weight",
+    "efficiency_reward_weight",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """All settings of one course run. Introduced in part 02; every later part reads it.
+
+    The defaults are the full `tpu` run. Symbols in comments are the ones part 02 explains.
+    """
+
+    profile: str = "tpu"
+    model: str = "gemma3-1b-it"  # "tiny" (random, 2 layers), "gemma3-270m", "gemma3-1b-it"
+    seed: int = 42
+
+    # --- data --------------------------------------------------------------------------------
+    data_source: str = "auto"  # auto | synthetic | local | huggingface | kaggle
+    train_examples: int | None = None  # None = the whole training split
+    val_examples: int = 200
+    eval_examples: int | None = None  # None = all 1,319 GSM8K test problems
+
+    # --- GRPO (part 02) -------------------------------------------------------------------------
+    num_generations: int = 4  # G: completions sampled per prompt
+    beta: float = 0.08  # β: weight of the KL penalty to the reference model
+    epsilon: float = 0.2  # ε: clip range of the probability ratio
+    num_iterations: int = 1  # μ: policy updates per batch of rollouts
+    max_steps: int = 500  # GRPO optimiser steps
+
+    # --- batches: global prompts per step, split into mini (one update) and micro (accumulation)
+    global_batch_size: int = 4
+    mini_batch_size: int = 4
+    micro_batch_size: int = 4
+
+    # --- optimiser (AdamW with warm-up + cosine decay, global-norm clipping) ---------------------
+    learning_rate: float = 3e-6  # η
+    adam_b1: float = 0.9
+    adam_b2: float = 0.99
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.1  # share of max_steps spent warming up
+    max_grad_norm: float = 0.1
+
+    # --- LoRA (part 04) -------------------------------------------------------------------------
+    lora_rank: int = 8  # r
+    lora_alpha: float = 16.0  # α; the update is scaled by α / r
+
+    # --- lengths (tokens) and sampling -----------------------------------------------------------
+    max_prompt_length: int = 256
+    max_generation_length: int = 512
+    cache_size: int = 1024  # KV cache; must hold prompt + generation
+    temperature: float = 0.9  # τ
+    top_p: float = 1.0
+    top_k: int = 50
+
+    # --- rewards (part 03): weights of the composite reward, summing to 1 -----------------------
+    format_reward_weight: float = 0.25
+    coherence_reward_weight: float = 0.20
+    correctness_reward_weight: float = 0.55
+    efficiency_reward_weight: float = 0.0
+    anneal_reward_weights: bool = True  # w_trace 0.45→0.25, w_correct 0.40→0.60 over training
+
+    # --- SFT warm-start (part 06, stage 1) ------------------------------------------------------
+    sft_steps: int = 200
+    sft_learning_rate: float = 2e-4
+    sft_batch_size: int = 8
+    sft_max_length: int = 512
+
+    # --- evaluation (part 07) -------------------------------------------------------------------
+    eval_batch_size: int = 32
+    eval_samples_k: int = 4  # k for pass@k / maj@k with sampled decoding
+
+    # --- checkpoints and time --------------------------------------------------------------------
+    checkpoint_every: int = 50  # steps between Orbax checkpoints
+    keep_checkpoints: int = 3
+    time_budget_minutes: float | None = 8.5 * 60  # stop cleanly before Kaggle's 9-hour limit
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # --- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def for_profile(cls, name: str, **overrides: Any) -> "TrainingConfig":
+        """The configuration of profile `name` (smoke | cpu | gpu | tpu), plus `overrides`."""
+        if name not in PROFILES:
+            raise ValueError(
+                f"profile={name!r} is unknown; choose one of {', '.join(PROFILES)} "
+                "(set COURSE_PROFILE or pass it to TrainingConfig.for_profile)."
+            )
+        changes = {**_PROFILE_CHANGES[name], "profile": name, **overrides}
+        _check_field_names(changes)
+        return dataclasses.replace(cls(), **changes)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "TrainingConfig":
+        """The profile named by `COURSE_PROFILE`, or the one the hardware suggests."""
+        from course_utils.env import default_profile
+
+        name = os.environ.get("COURSE_PROFILE", "").strip().lower() or default_profile()
+        return cls.for_profile(name, **overrides)
+
+    # --- derived values ---------------------------------------------------------------------------
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.warmup_ratio * self.max_steps))
+
+    @property
+    def reward_weights(self) -> dict[str, float]:
+        """The four composite-reward weights by component name (format, coherence, ...)."""
+        return {f.removesuffix("_reward_weight"): getattr(self, f) for f in REWARD_WEIGHT_FIELDS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of every setting; checkpoints record it to spot a changed config."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the configuration as JSON (part 02 saves it into the run directory)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainingConfig":
+        """Read a configuration written by `save`; unknown or missing fields are errors."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"No configuration at {path}. Run part 02 (02_grpo_config) first, or build one "
+                "with TrainingConfig.from_env()."
+            ) from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); delete it and re-run part 02.") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object of config fields, not {type(data).__name__}.")
+        _check_field_names(data)
+        return cls(**data)
+
+
+# What each profile changes from the full-size defaults. Nothing else differs.
+_PROFILE_CHANGES: dict[str, dict[str, Any]] = {
+    "tpu": {},
+    "gpu": {},
+    "cpu": dict(
+        model="gemma3-270m",
+        data_source="auto",
+        train_examples=2000,
+        val_examples=50,
+        eval_examples=200,
+        max_steps=40,
+        global_batch_size=1,
+        mini_batch_size=1,
+        micro_batch_size=1,
+        learning_rate=3e-5,
+        warmup_ratio=0.1,
+        max_grad_norm=1.0,
+        lora_rank=16,
+        lora_alpha=32.0,
+        max_prompt_length=128,
+        max_generation_length=128,
+        cache_size=256,
+        sft_steps=80,
+        sft_batch_size=4,
+        sft_max_length=192,
+        eval_batch_size=8,
+        checkpoint_every=10,
+        time_budget_minutes=30.0,
+    ),
+    "smoke": dict(
+        model="tiny",
+        data_source="synthetic",
+        train_examples=32,
+        val_examples=8,
+        eval_examples=8,
+        max_steps=4,
+        global_batch_size=1,
+        mini_batch_size=1,
+        micro_batch_size=1,
+        learning_rate=1e-3,
+        max_prompt_length=64,
+        max_generation_length=16,
+        cache_size=96,
+        top_k=8,
+        sft_steps=3,
+        sft_batch_size=2,
+        sft_max_length=96,
+        eval_batch_size=4,
+        eval_samples_k=2,
+        checkpoint_every=2,
+        time_budget_minutes=10.0,
+    ),
+}
+
+
+def _check_field_names(data: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(TrainingConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown config field(s) {unknown}; the known fields are listed in "
+            "course_utils.config.TrainingConfig (check the spelling)."
+        )
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{field}={value!r} is not allowed: {allowed}.")
+
+
+def _validate(c: TrainingConfig) -> None:
+    """Check every field; the first bad one raises ValueError(field, value, what is allowed)."""
+    if c.profile not in PROFILES:
+        _fail("profile", c.profile, f"choose one of {', '.join(PROFILES)}")
+    if c.model not in MODELS:
+        _fail("model", c.model, f"choose one of {', '.join(MODELS)}")
+    if c.data_source not in DATA_SOURCES:
+        _fail("data_source", c.data_source, f"choose one of {', '.join(DATA_SOURCES)}")
+
+    def integer(name: str, minimum: int, optional: bool = False) -> None:
+        v = getattr(c, name)
+        if optional and v is None:
+            return
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            _fail(name, v, f"must be an integer >= {minimum}" + (" or None" if optional else ""))
+
+    def number(name: str, low: float, high: float, low_open: bool = False, optional: bool = False) -> None:
+        v = getattr(c, name)
+        if optional and v is None:
+            return
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > low if low_open else v >= low) and v <= high
+        if not ok:
+            bracket = "(" if low_open else "["
+            _fail(name, v, f"must be a finite number in {bracket}{low}, {high}]" + (" or None" if optional else ""))
+
+    integer("seed", 0)
+    integer("train_examples", 1, optional=True)
+    integer("val_examples", 0)
+    integer("eval_examples", 1, optional=True)
+    integer("num_generations", 2)
+    integer("num_iterations", 1)
+    integer("max_steps", 1)
+    for name in ("global_batch_size", "mini_batch_size", "micro_batch_size"):
+        integer(name, 1)
+    integer("lora_rank", 1)
+    for name in ("max_prompt_length", "max_generation_length", "cache_size", "top_k"):
+        integer(name, 1)
+    for name in ("sft_steps", "checkpoint_every"):
+        integer(name, 0 if name == "sft_steps" else 1)
+    for name in ("sft_batch_size", "sft_max_length", "eval_batch_size", "keep_checkpoints"):
+        integer(name, 1)
+    integer("eval_samples_k", 1)
+
+    number("beta", 0.0, 10.0)
+    number("epsilon", 0.0, 1.0, low_open=True)
+    number("learning_rate", 0.0, 1.0, low_open=True)
+    number("sft_learning_rate", 0.0, 1.0, low_open=True)
+    number("adam_b1", 0.0, 1.0)
+    number("adam_b2", 0.0, 1.0)
+    number("weight_decay", 0.0, 1.0)
+    number("warmup_ratio", 0.0, 1.0)
+    number("max_grad_norm", 0.0, 1e6, low_open=True)
+    number("lora_alpha", 0.0, 1e6, low_open=True)
+    number("temperature", 0.0, 10.0)
+    number("top_p", 0.0, 1.0, low_open=True)
+    number("time_budget_minutes", 0.0, 1e6, low_open=True, optional=True)
+    if not isinstance(c.anneal_reward_weights, bool):
+        _fail("anneal_reward_weights", c.anneal_reward_weights, "must be True or False")
+
+    for name in REWARD_WEIGHT_FIELDS:
+        number(name, 0.0, 1.0)
+    total = sum(getattr(c, n) for n in REWARD_WEIGHT_FIELDS)
+    if abs(total - 1.0) > 1e-6:
+        _fail(
+            "reward weights",
+            {n: getattr(c, n) for n in REWARD_WEIGHT_FIELDS},
+            f"they must sum to 1 (within 1e-6) but sum to {total:.6g}",
+        )
+
+    if c.global_batch_size % c.mini_batch_size:
+        _fail(
+            "global_batch_size",
+            c.global_batch_size,
+            f"must be a multiple of mini_batch_size={c.mini_batch_size}",
+        )
+    if c.mini_batch_size % c.micro_batch_size:
+        _fail(
+            "mini_batch_size",
+            c.mini_batch_size,
+            f"must be a multiple of micro_batch_size={c.micro_batch_size}",
+        )
+    if c.max_prompt_length + c.max_generation_length > c.cache_size:
+        _fail(
+            "cache_size",
+            c.cache_size,
+            f"must hold max_prompt_length + max_generation_length = "
+            f"{c.max_prompt_length} + {c.max_generation_length} = "
+            f"{c.max_prompt_length + c.max_generation_length} tokens; raise cache_size or shorten them",
+        )
+
+
+CONFIG_FILE = "config.json"
+
+
+def load_run_config(profile: str | None = None, **overrides: Any) -> TrainingConfig:
+    """The configuration a part should use: part 02's saved JSON for this profile, else fresh.
+
+    Every notebook from part 03 on starts with this, so it runs cold. `profile` defaults to
+    `COURSE_PROFILE` or the hardware's choice; `overrides` (a notebook's parameters) win.
+    """
+    from course_utils.env import default_profile, run_dir
+
+    name = (profile or os.environ.get("COURSE_PROFILE", "").strip().lower() or default_profile())
+    path = run_dir(name) / CONFIG_FILE
+    if path.exists():
+        config = TrainingConfig.load(path)
+        if config.profile != name:
+            raise ValueError(
+                f"{path} holds profile {config.profile!r}, not {name!r}; delete it or point "
+                "COURSE_RUN_DIR at another folder."
+            )
+        source = f"loaded {path}"
+    else:
+        config = TrainingConfig.for_profile(name)
+        source = f"built fresh (no {path} yet; part 02 writes it)"
+    if overrides:
+        _check_field_names(overrides)
+        config = dataclasses.replace(config, **overrides)
+        source += f", overrides {sorted(overrides)}"
+    print(f"config: profile {name!r}, {source}")
+    return config

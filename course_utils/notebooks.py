@@ -1,0 +1,106 @@
+"""Keep each `notebooks/NN_name.py` (source) and its generated `.ipynb` in step (tooling).
+
+    python -m course_utils.notebooks sync    # regenerate every .ipynb from its .py, no outputs
+    python -m course_utils.notebooks check   # exit 1 naming each pair that drifted
+
+Every notebook's first code cell is `BOOTSTRAP_CELL`, word for word, so each part opens on
+Kaggle as a single file; `check` enforces that too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+BOOTSTRAP_CELL = '''\
+# Make `course_utils` importable: pip-installed, this repository, or a Kaggle input.
+import importlib.util, os, pathlib, subprocess, sys
+if importlib.util.find_spec("course_utils"):
+    print("course_utils: installed package")
+elif os.environ.get("COURSE_UTILS_PIP"):  # e.g. a pinned wheel or tagged release
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ["COURSE_UTILS_PIP"]], check=True)
+    print("course_utils: pip-installed from", os.environ["COURSE_UTILS_PIP"])
+else:
+    here = pathlib.Path.cwd()
+    kaggle = [*pathlib.Path("/kaggle/input").glob("*/*"), *pathlib.Path("/kaggle/input").glob("*"), pathlib.Path("/kaggle/usr/lib")]
+    root = next((p for p in [here, *here.parents, *kaggle] if (p / "course_utils" / "__init__.py").is_file()), None)
+    if root is None:
+        raise ModuleNotFoundError("course_utils not found: run `pip install -e .` in the repository, or attach the repository to this notebook (Add Input) as a Kaggle dataset.")
+    sys.path.insert(0, str(root))
+    print("course_utils: from", root)'''
+
+
+def notebook_pairs(directory: Path = NOTEBOOK_DIR) -> list[tuple[Path, Path]]:
+    """(source .py, generated .ipynb) for every numbered notebook, in course order."""
+    return [(py, py.with_suffix(".ipynb")) for py in sorted(directory.glob("[0-9][0-9]_*.py"))]
+
+
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def render(py: Path) -> nbformat.NotebookNode:
+    """The notebook the .py source stands for, as jupytext writes it."""
+    return jupytext.read(py)
+
+
+def problems(py: Path, ipynb: Path) -> list[str]:
+    """What is wrong with one pair: missing, out of sync, carrying outputs, wrong first cell."""
+    found: list[str] = []
+    if not ipynb.exists():
+        return [f"{ipynb.name} is missing: run `python -m course_utils.notebooks sync`"]
+    source = render(py)
+    generated = nbformat.read(ipynb, as_version=4)
+    if _cells(source) != _cells(generated):
+        found.append(f"{ipynb.name} differs from {py.name}: run `python -m course_utils.notebooks sync`")
+    for i, cell in enumerate(generated.cells):
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count")):
+            found.append(f"{ipynb.name} cell {i} has outputs: run `python -m course_utils.notebooks sync`")
+            break
+    code = [c for c in source.cells if c.cell_type == "code"]
+    if not code or code[0].source.strip() != BOOTSTRAP_CELL.strip():
+        found.append(f"{py.name}: the first code cell must be course_utils.notebooks.BOOTSTRAP_CELL")
+    if not any("parameters" in c.metadata.get("tags", []) for c in code):
+        found.append(f"{py.name}: no cell tagged `parameters`")
+    return found
+
+
+def sync(directory: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Regenerate every .ipynb from its .py, stripped of outputs. Returns the files written."""
+    written = []
+    for py, ipynb in notebook_pairs(directory):
+        nb = render(py)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nb.metadata.pop("jupytext", None)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        text = nbformat.writes(nb, version=4)
+        if not ipynb.exists() or ipynb.read_text() != text:
+            ipynb.write_text(text)
+            written.append(ipynb)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["sync", "check"])
+    parser.add_argument("--dir", type=Path, default=NOTEBOOK_DIR)
+    args = parser.parse_args(argv)
+    if args.command == "sync":
+        for path in sync(args.dir):
+            print("wrote", path)
+        return 0
+    bad = [msg for py, nb in notebook_pairs(args.dir) for msg in problems(py, nb)]
+    print("\n".join(bad) or "all notebook pairs in sync")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+# %% [markdown]
+# # Part 01 · Setup
+#
+# This course turns Gemma 3 into a model that reasons step by step before it answers, using
+# GRPO (Group Relative Policy Optimisation) and LoRA on Google's Tunix library for JAX. The model
+# learns to reply as `<reasoning>…</reasoning><answer>…</answer>`. This first part gets the
+# machine ready: packages, devices, where files go and how secrets are read.
+#
+# **Objectives**
+# - make the course's helper package `course_utils` importable, here or on Kaggle;
+# - install the pinned packages (JAX's TPU build on a Kaggle TPU) only where they are missing;
+# - see the devices, build the device mesh, and pick a profile (`smoke`, `cpu`, `tpu`);
+# - know where every part writes its outputs and how secrets stay secret.
+#
+# **Prerequisites**: none. On Kaggle: a notebook with a TPU (v5e-8 or v3-8) and internet on.
+# Locally: `pip install -r requirements.txt && pip install -e .` in the repository.
+
+# %%
+# Make `course_utils` importable: pip-installed, this repository, or a Kaggle input.
+import importlib.util, os, pathlib, subprocess, sys
+if importlib.util.find_spec("course_utils"):
+    print("course_utils: installed package")
+elif os.environ.get("COURSE_UTILS_PIP"):  # e.g. a pinned wheel or tagged release
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ["COURSE_UTILS_PIP"]], check=True)
+    print("course_utils: pip-installed from", os.environ["COURSE_UTILS_PIP"])
+else:
+    here = pathlib.Path.cwd()
+    kaggle = [*pathlib.Path("/kaggle/input").glob("*/*"), *pathlib.Path("/kaggle/input").glob("*"), pathlib.Path("/kaggle/usr/lib")]
+    root = next((p for p in [here, *here.parents, *kaggle] if (p / "course_utils" / "__init__.py").is_file()), None)
+    if root is None:
+        raise ModuleNotFoundError("course_utils not found: run `pip install -e .` in the repository, or attach the repository to this notebook (Add Input) as a Kaggle dataset.")
+    sys.path.insert(0, str(root))
+    print("course_utils: from", root)
+
+# %% [markdown]
+# ## Install what is missing
+#
+# Every package is pinned to a version tested together (see `requirements.txt`). On Kaggle,
+# `ensure_packages` installs the missing ones and, on a TPU, JAX's TPU build at the same version;
+# elsewhere it only checks. If it reports that JAX changed after JAX was imported, restart the
+# kernel once (Run → Restart) and run from the top: Python cannot swap a loaded JAX.
+
+# %%
+from course_utils.install import ensure_packages
+
+ensure_packages()
+
+# %% tags=["parameters"]
+PROFILE = None  # smoke | cpu | gpu | tpu; None = COURSE_PROFILE or the hardware's choice
+MESH_SHAPE = None  # (fsdp, tp) device grid; None = (1, number of devices), e.g. (1, 8) on a TPU
+
+# %% [markdown]
+# ## What you need from the earlier parts
+#
+# Nothing: this is the first part. Later parts begin here by reloading what earlier parts saved.
+
+# %% [markdown]
+# ## The machine
+#
+# JAX sees a list of devices: 8 TPU cores (v3-8) or chips (v5e-8) on Kaggle, one CPU device on a
+# laptop. `describe()` collects the versions and the device count in one dictionary.
+
+# %%
+from course_utils import env
+
+for key, value in env.describe().items():
+    print(f"{key:>18}: {value}")
+
+# %% [markdown]
+# ## Profiles: one switch, three sizes
+#
+# The same notebooks run at three sizes. `smoke` is a tiny random Gemma 3 for tests (seconds),
+# `cpu` is the real Gemma 3 270M on a laptop (about half an hour per part that trains), `tpu` is
+# Gemma 3 1B on a Kaggle TPU. The environment variable `COURSE_PROFILE` picks one; otherwise the
+# hardware does.
+
+# %%
+from course_utils.config import TrainingConfig
+
+config = TrainingConfig.for_profile(PROFILE) if PROFILE else TrainingConfig.from_env()
+print("profile:", config.profile, "| model:", config.model, "| GRPO steps:", config.max_steps)
+
+# %% [markdown]
+# ## The device mesh
+#
+# Tunix shards the model over a two-axis mesh: `fsdp` splits the weights, `tp` splits each
+# matrix multiply. On a TPU, `(1, 8)` (all eight devices on the tensor-parallel axis) has been
+# reported about twice as fast as `(2, 4)` for Gemma 3 on Kaggle. `jax.set_mesh` makes it active.
+
+# %%
+import jax
+
+mesh = env.make_mesh(MESH_SHAPE)
+jax.set_mesh(mesh)
+print(dict(mesh.shape), "over", mesh.devices.size, jax.devices()[0].platform, "device(s)")
+
+# %% [markdown]
+# ## What fits where
+#
+# Each TPU core or chip on Kaggle has 16 GB of memory. Part 04 computes the memory of each
+# piece (weights, LoRA, optimiser, KV cache) from the configuration; this is the summary.
+
+# %%
+for row in env.HARDWARE:
+    memory = f"{row['memory_gb_each']} GB each" if row["memory_gb_each"] else "system RAM"
+    print(f"{row['name']:<24} {row['devices']:<9} {memory:<12} {row['profile']:<5} {row['fits']}")
+
+# %% [markdown]
+# ## Where the outputs go
+#
+# Each profile has its own run directory: `/kaggle/working/runs/<profile>` on Kaggle (kept as the
+# notebook's output), `runs/<profile>` in the repository elsewhere, or whatever `COURSE_RUN_DIR`
+# says. Configuration, checkpoints, metrics, plots and exports all land there, so every later
+# part can start cold and find what the earlier parts made.
+
+# %%
+RUN_DIR = env.run_dir(config.profile)
+print("run directory:", RUN_DIR)
+
+# %% [markdown]
+# ## Secrets
+#
+# Kaggle and Hugging Face tokens are only needed to download Gemma 3 1B (part 04) and to upload
+# the trained model (part 08). `get_secret` reads the environment first, then Kaggle Secrets
+# (Add-ons → Secrets). The value comes wrapped: printing it shows stars, never the token.
+
+# %%
+for name in ("KAGGLE_KEY", "HF_TOKEN"):
+    secret = env.get_secret(name)
+    print(f"{name}: {'set' if secret else 'not set'}", secret or "")
+
+# %% [markdown]
+# ## Recap
+#
+# - `course_utils` is importable and the pinned packages are present.
+# - A profile (`smoke`, `cpu`, `tpu`) sets the size of everything; the hardware picks one by default.
+# - The mesh spreads the model over the devices; on a Kaggle TPU it is `(1, 8)`.
+# - Every part writes into the profile's run directory and can start cold from it.
+# - Secrets come from the environment or Kaggle Secrets and are never printed.
+#
+# ## Exercises
+#
+# 1. Set `PROFILE = "smoke"` and re-run: what changes in the printed configuration?
+# 2. On a TPU, try `MESH_SHAPE = (2, 4)`. What does `mesh.shape` print, and which axis splits what?
+# 3. Why does `print(env.get_secret("KAGGLE_KEY"))` never show the token? Read `env.Secret`.
+# 4. Where would the run directory be if you set `COURSE_RUN_DIR=/tmp/course`?
+#
+# ## Further reading
+#
+# - Tunix: https://github.com/google/tunix
+# - JAX sharding and meshes: https://docs.jax.dev/en/latest/sharded-computation.html
+# - Kaggle TPUs: https://www.kaggle.com/docs/tpu

@@ -1,0 +1,105 @@
+"""course_utils.env and course_utils.install: detection, paths, secrets, mesh, pins."""
+
+import pickle
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from course_utils import env, install
+
+
+def test_kaggle_detection(monkeypatch):
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.delenv("KAGGLE_URL_BASE", raising=False)
+    assert not env.is_kaggle()
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    assert env.is_kaggle()
+
+
+def test_accelerator_and_default_profile_on_this_machine():
+    assert env.accelerator() == "cpu"
+    assert env.default_profile() == "cpu"
+
+
+def test_default_profile_follows_the_accelerator(monkeypatch):
+    for platform, profile in (("tpu", "tpu"), ("gpu", "gpu"), ("cpu", "cpu")):
+        monkeypatch.setattr(env, "accelerator", lambda p=platform: p)
+        assert env.default_profile() == profile
+
+
+def test_run_dir_override_kaggle_and_local(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_RUN_DIR", str(tmp_path / "custom"))
+    assert env.run_dir("cpu") == tmp_path / "custom" and (tmp_path / "custom").is_dir()
+    monkeypatch.delenv("COURSE_RUN_DIR")
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    assert env.run_dir("tpu", create=False) == env.KAGGLE_WORKING / "runs" / "tpu"
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
+    monkeypatch.delenv("KAGGLE_URL_BASE", raising=False)
+    assert env.run_dir("smoke", create=False) == env.PACKAGE_ROOT / "runs" / "smoke"
+
+
+def test_secret_never_shows_its_value(monkeypatch, capsys):
+    token = "kaggle-secret-value-123"
+    monkeypatch.setenv("KAGGLE_KEY", token)
+    secret = env.get_secret("KAGGLE_KEY")
+    print(secret, repr(secret), f"{secret}", "%s" % secret, [secret], {"k": secret})
+    out = capsys.readouterr().out
+    assert token not in out and "******" in out
+    assert secret.reveal() == token
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(secret)
+
+
+def test_missing_secret_is_none(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.delenv("KAGGLE_URL_BASE", raising=False)
+    assert env.get_secret("HF_TOKEN") is None
+
+
+def test_make_mesh_shapes():
+    mesh = env.make_mesh()
+    assert dict(mesh.shape) == {"fsdp": 1, "tp": len(jax.devices())}
+    with pytest.raises(ValueError, match=r"needs 8 devices but 1 are present"):
+        env.make_mesh((2, 4))
+
+
+def test_describe_reports_versions():
+    info = env.describe()
+    assert info["jax"] == jax.__version__ and info["accelerator"] == "cpu"
+    assert info["google-tunix"] == "0.1.7"
+
+
+def test_install_pins_mirror_requirements_txt():
+    assert install.requirement_pins() == install.PINS
+
+
+def test_environment_matches_the_pins():
+    assert install.missing_packages(tuple(install.PINS)) == []
+
+
+def test_packages_to_install_adds_tpu_build_and_mismatches(monkeypatch):
+    assert install.packages_to_install(tpu=False) == []
+    assert install.packages_to_install(tpu=True) == ["jax[tpu]==0.10.2"]
+    monkeypatch.setitem(install.PINS, "tqdm", "0.0.1")
+    assert "tqdm==0.0.1" in install.packages_to_install(tpu=False)
+
+
+def test_ensure_packages_never_installs_outside_kaggle(monkeypatch, capsys):
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.delenv("KAGGLE_URL_BASE", raising=False)
+    monkeypatch.setitem(install.PINS, "tqdm", "0.0.1")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
+    install.ensure_packages(tpu=False)
+    assert "would install tqdm==0.0.1" in capsys.readouterr().out
+
+
+def test_ensure_packages_on_kaggle_runs_pip_and_warns_about_restart(monkeypatch, capsys):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    install.ensure_packages(tpu=True)
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", "jax[tpu]==0.10.2"]]
+    assert "restart the kernel" in capsys.readouterr().out  # jax is already imported here
