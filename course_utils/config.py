@@ -22,6 +22,8 @@ from typing import Any
 
 PROFILES = ("smoke", "cpu", "gpu", "tpu")
 MODELS = ("tiny", "gemma3-270m", "gemma3-1b-it")
+PARAM_DTYPES = ("bfloat16", "float32")
+KL_MODES = ("low_var_kl", "kl", "mse_kl")
 DATA_SOURCES = ("auto", "synthetic", "local", "huggingface", "kaggle")
 REWARD_WEIGHT_FIELDS = (
     "format_reward_weight",
@@ -40,6 +42,10 @@ class TrainingConfig:
 
     profile: str = "tpu"
     model: str = "gemma3-1b-it"  # "tiny" (random, 2 layers), "gemma3-270m", "gemma3-1b-it"
+    # Kaggle handle of gemma3-1b-it (part 04): the Flax/Orbax checkpoint, or the transformers
+    # safetensors variant "google/gemma-3/transformers/gemma-3-1b-it"; both load through Tunix.
+    kaggle_handle: str = "google/gemma-3/flax/gemma3-1b-it"
+    param_dtype: str = "bfloat16"  # weights' dtype (part 04): bfloat16 | float32 (CPU: faster, exact)
     seed: int = 42
 
     # --- data --------------------------------------------------------------------------------
@@ -53,6 +59,7 @@ class TrainingConfig:
     beta: float = 0.08  # β: weight of the KL penalty to the reference model
     epsilon: float = 0.2  # ε: clip range of the probability ratio
     num_iterations: int = 1  # μ: policy updates per batch of rollouts
+    kl_loss_mode: str = "low_var_kl"  # KL estimator: low_var_kl (k3, as in GRPO) | kl | mse_kl
     max_steps: int = 500  # GRPO optimiser steps
 
     # --- batches: global prompts per step, split into mini (one update) and micro (accumulation)
@@ -86,6 +93,13 @@ class TrainingConfig:
     correctness_reward_weight: float = 0.55
     efficiency_reward_weight: float = 0.0
     anneal_reward_weights: bool = True  # w_trace 0.45→0.25, w_correct 0.40→0.60 over training
+    # Annealing end points (part 03): trace = format + coherence (split 0.25 : 0.20 as above),
+    # correct = correctness; the rest, 1 − trace − correct − efficiency (0.15), pays calibration.
+    anneal_trace_weight_start: float = 0.45
+    anneal_trace_weight_end: float = 0.25
+    anneal_correct_weight_start: float = 0.40
+    anneal_correct_weight_end: float = 0.60
+    verbosity_penalty: float = 0.1  # subtracted × verbosity (0–1) for over-long or looping replies
 
     # --- SFT warm-start (part 06, stage 1) ------------------------------------------------------
     sft_steps: int = 200
@@ -178,6 +192,7 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     "gpu": {},
     "cpu": dict(
         model="gemma3-270m",
+        param_dtype="float32",
         data_source="auto",
         train_examples=2000,
         val_examples=50,
@@ -203,6 +218,7 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     ),
     "smoke": dict(
         model="tiny",
+        param_dtype="float32",
         data_source="synthetic",
         train_examples=32,
         val_examples=8,
@@ -247,6 +263,12 @@ def _validate(c: TrainingConfig) -> None:
         _fail("profile", c.profile, f"choose one of {', '.join(PROFILES)}")
     if c.model not in MODELS:
         _fail("model", c.model, f"choose one of {', '.join(MODELS)}")
+    if c.param_dtype not in PARAM_DTYPES:
+        _fail("param_dtype", c.param_dtype, f"choose one of {', '.join(PARAM_DTYPES)}")
+    if not isinstance(c.kaggle_handle, str) or not any(f"/{k}/" in c.kaggle_handle for k in ("flax", "transformers")):
+        _fail("kaggle_handle", c.kaggle_handle, "use a Kaggle model handle owner/model/flax|transformers/variant, e.g. google/gemma-3/flax/gemma3-1b-it")
+    if c.kl_loss_mode not in KL_MODES:
+        _fail("kl_loss_mode", c.kl_loss_mode, f"choose one of {', '.join(KL_MODES)}")
     if c.data_source not in DATA_SOURCES:
         _fail("data_source", c.data_source, f"choose one of {', '.join(DATA_SOURCES)}")
 
@@ -310,6 +332,19 @@ def _validate(c: TrainingConfig) -> None:
             {n: getattr(c, n) for n in REWARD_WEIGHT_FIELDS},
             f"they must sum to 1 (within 1e-6) but sum to {total:.6g}",
         )
+    number("verbosity_penalty", 0.0, 1.0)
+    for end in ("start", "end"):
+        trace, correct = f"anneal_trace_weight_{end}", f"anneal_correct_weight_{end}"
+        number(trace, 0.0, 1.0)
+        number(correct, 0.0, 1.0)
+        spare = 1.0 - getattr(c, trace) - getattr(c, correct) - c.efficiency_reward_weight
+        if spare < -1e-6:
+            _fail(
+                trace,
+                getattr(c, trace),
+                f"{trace} + {correct} + efficiency_reward_weight must be <= 1 (the rest pays "
+                f"calibration) but is {1.0 - spare:.6g}",
+            )
 
     if c.global_batch_size % c.mini_batch_size:
         _fail(

@@ -7,10 +7,12 @@ before JAX is installed.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 KAGGLE_WORKING = Path("/kaggle/working")
+KAGGLE_INPUT = Path("/kaggle/input")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 # Hardware the course targets, for part 01's table. Memory is per core/chip.
@@ -63,7 +65,48 @@ def run_dir(profile: str, create: bool = True) -> Path:
         path = base / "runs" / profile
     if create:
         path.mkdir(parents=True, exist_ok=True)
+        if is_kaggle() and not override:
+            source = restore_previous_run(profile, path)
+            if source is not None:
+                print(f"run folder: continued from {source}")
     return path
+
+
+def find_previous_run_dir(profile: str, inputs: Path | None = None) -> Path | None:
+    """The `runs/<profile>` folder of an earlier kernel attached as input (kernel_sources),
+    up to three levels below /kaggle/input; the most recently written one if several."""
+    inputs = KAGGLE_INPUT if inputs is None else inputs
+    candidates = []
+    for depth in ("*", "*/*", "*/*/*"):
+        candidates += [p for p in inputs.glob(f"{depth}/runs/{profile}") if p.is_dir()]
+
+    def newest(path: Path) -> float:
+        return max((f.stat().st_mtime for f in path.rglob("*") if f.is_file()), default=0.0)
+
+    candidates = [p for p in dict.fromkeys(candidates) if newest(p) > 0]
+    return max(candidates, key=lambda p: (newest(p), str(p))) if candidates else None
+
+
+def restore_previous_run(profile: str, target: Path, inputs: Path | None = None) -> Path | None:
+    """Copy the previous kernel's run folder into `target` when `target` holds no files yet.
+
+    Returns the folder copied from, or None (nothing attached, or `target` already has work,
+    which is never overwritten). Copies into a temp folder, then renames it into place.
+    """
+    if target.is_dir() and any(f.is_file() for f in target.rglob("*")):
+        return None
+    source = find_previous_run_dir(profile, inputs)
+    if source is None:
+        return None
+    tmp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source, tmp)
+    if target.is_dir():
+        shutil.rmtree(target)  # holds only empty folders (checked above)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(target)
+    return source
 
 
 class Secret:

@@ -28,6 +28,7 @@ PINS: dict[str, str] = {
     "grain": "0.2.18",
     "numpy": "2.4.6",
     "kagglehub": "1.0.2",
+    "kaggle": "2.2.4",
     "datasets": "5.2.0",
     "matplotlib": "3.11.2",
     "jupytext": "1.19.6",

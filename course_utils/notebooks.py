@@ -28,7 +28,7 @@ elif os.environ.get("COURSE_UTILS_PIP"):  # e.g. a pinned wheel or tagged releas
     print("course_utils: pip-installed from", os.environ["COURSE_UTILS_PIP"])
 else:
     here = pathlib.Path.cwd()
-    kaggle = [*pathlib.Path("/kaggle/input").glob("*/*"), *pathlib.Path("/kaggle/input").glob("*"), pathlib.Path("/kaggle/usr/lib")]
+    kaggle = [p for g in ("*", "*/*", "*/*/*") for p in pathlib.Path("/kaggle/input").glob(g)] + [pathlib.Path("/kaggle/usr/lib")]
     root = next((p for p in [here, *here.parents, *kaggle] if (p / "course_utils" / "__init__.py").is_file()), None)
     if root is None:
         raise ModuleNotFoundError("course_utils not found: run `pip install -e .` in the repository, or attach the repository to this notebook (Add Input) as a Kaggle dataset.")
@@ -76,7 +76,8 @@ def sync(directory: Path = NOTEBOOK_DIR) -> list[Path]:
     written = []
     for py, ipynb in notebook_pairs(directory):
         nb = render(py)
-        for cell in nb.cells:
+        for i, cell in enumerate(nb.cells):
+            cell.id = f"{py.stem[:2]}-{i:03d}"  # stable ids: a re-sync of an unchanged .py writes nothing
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
         nb.metadata.pop("jupytext", None)

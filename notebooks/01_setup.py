@@ -25,7 +25,7 @@ elif os.environ.get("COURSE_UTILS_PIP"):  # e.g. a pinned wheel or tagged releas
     print("course_utils: pip-installed from", os.environ["COURSE_UTILS_PIP"])
 else:
     here = pathlib.Path.cwd()
-    kaggle = [*pathlib.Path("/kaggle/input").glob("*/*"), *pathlib.Path("/kaggle/input").glob("*"), pathlib.Path("/kaggle/usr/lib")]
+    kaggle = [p for g in ("*", "*/*", "*/*/*") for p in pathlib.Path("/kaggle/input").glob(g)] + [pathlib.Path("/kaggle/usr/lib")]
     root = next((p for p in [here, *here.parents, *kaggle] if (p / "course_utils" / "__init__.py").is_file()), None)
     if root is None:
         raise ModuleNotFoundError("course_utils not found: run `pip install -e .` in the repository, or attach the repository to this notebook (Add Input) as a Kaggle dataset.")

@@ -25,7 +25,7 @@ elif os.environ.get("COURSE_UTILS_PIP"):  # e.g. a pinned wheel or tagged releas
     print("course_utils: pip-installed from", os.environ["COURSE_UTILS_PIP"])
 else:
     here = pathlib.Path.cwd()
-    kaggle = [*pathlib.Path("/kaggle/input").glob("*/*"), *pathlib.Path("/kaggle/input").glob("*"), pathlib.Path("/kaggle/usr/lib")]
+    kaggle = [p for g in ("*", "*/*", "*/*/*") for p in pathlib.Path("/kaggle/input").glob(g)] + [pathlib.Path("/kaggle/usr/lib")]
     root = next((p for p in [here, *here.parents, *kaggle] if (p / "course_utils" / "__init__.py").is_file()), None)
     if root is None:
         raise ModuleNotFoundError("course_utils not found: run `pip install -e .` in the repository, or attach the repository to this notebook (Add Input) as a Kaggle dataset.")
@@ -101,9 +101,11 @@ for adv in (1.0, -1.0):
 # ## 3. The KL penalty to the reference model (β)
 #
 # A frozen copy of the starting model (the *reference*) anchors the policy: the loss adds
-# β·KL(π_new ‖ π_ref), so the model cannot drift into gibberish that games the reward. Tunix's
-# default estimator per token is Schulman's low-variance one: with d = log π_ref − log π_new,
-# KL ≈ e^d − d − 1, which is never negative and is 0 when both agree.
+# β·KL(π_new ‖ π_ref), so the model cannot drift into gibberish that games the reward. GRPO
+# estimates it per token with Schulman's low-variance estimator: with d = log π_ref − log π_new,
+# KL ≈ e^d − d − 1, which is never negative and is 0 when both agree. Tunix's `GRPOConfig`
+# defaults to the plain estimator (log π_new − log π_ref); the course sets
+# `kl_loss_mode="low_var_kl"` in its configuration to match the paper.
 
 # %%
 logp_new = jnp.log(jnp.array([0.50, 0.30, 0.90]))
@@ -146,7 +148,7 @@ for name, value in config.to_dict().items():
 # | symbol | field | meaning | full run |
 # |---|---|---|---|
 # | G | `num_generations` | answers sampled per question | 4 |
-# | β | `beta` | weight of the KL penalty | 0.08 |
+# | β | `beta` | weight of the KL penalty (estimator: `kl_loss_mode`) | 0.08 |
 # | ε | `epsilon` | clip range of the ratio | 0.2 |
 # | η | `learning_rate` | AdamW step size (warm-up then cosine decay) | 3e-6 |
 # | r, α | `lora_rank`, `lora_alpha` | LoRA rank and scale α/r | 8, 16 |

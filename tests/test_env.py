@@ -103,3 +103,19 @@ def test_ensure_packages_on_kaggle_runs_pip_and_warns_about_restart(monkeypatch,
     install.ensure_packages(tpu=True)
     assert calls == [[sys.executable, "-m", "pip", "install", "-q", "jax[tpu]==0.10.2"]]
     assert "restart the kernel" in capsys.readouterr().out  # jax is already imported here
+
+
+def test_run_dir_on_kaggle_continues_from_an_attached_previous_run(monkeypatch, tmp_path, capsys):
+    previous = tmp_path / "input" / "course-06-training" / "runs" / "tpu"
+    (previous / "checkpoints").mkdir(parents=True)
+    (previous / "config.json").write_text("{}")
+    monkeypatch.setattr(env, "KAGGLE_INPUT", tmp_path / "input")
+    monkeypatch.setattr(env, "KAGGLE_WORKING", tmp_path / "working")
+    monkeypatch.delenv("COURSE_RUN_DIR", raising=False)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    path = env.run_dir("tpu")
+    assert (path / "config.json").read_text() == "{}"
+    assert "continued from" in capsys.readouterr().out
+    (path / "config.json").write_text('{"mine": 1}')
+    env.run_dir("tpu")  # existing work is never overwritten
+    assert (path / "config.json").read_text() == '{"mine": 1}'
