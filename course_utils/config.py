@@ -60,6 +60,7 @@ class TrainingConfig:
     epsilon: float = 0.2  # ε: clip range of the probability ratio
     num_iterations: int = 1  # μ: policy updates per batch of rollouts
     kl_loss_mode: str = "low_var_kl"  # KL estimator: low_var_kl (k3, as in GRPO) | kl | mse_kl
+    grpo_reference: str = "sft"  # π_ref of the KL term: "sft" (the policy GRPO starts from) | "base"
     max_steps: int = 500  # GRPO optimiser steps
 
     # --- batches: global prompts per step, split into mini (one update) and micro (accumulation)
@@ -110,6 +111,7 @@ class TrainingConfig:
     # --- evaluation (part 07) -------------------------------------------------------------------
     eval_batch_size: int = 32
     eval_samples_k: int = 4  # k for pass@k / maj@k with sampled decoding
+    eval_sampled_examples: int | None = 256  # test problems that also get k sampled replies; None = all
 
     # --- checkpoints and time --------------------------------------------------------------------
     checkpoint_every: int = 50  # steps between Orbax checkpoints
@@ -153,10 +155,25 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def fingerprint(self) -> str:
-        """A short hash of every setting; checkpoints record it to spot a changed config."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+    def fingerprint(self, fields: tuple[str, ...] | None = None) -> str:
+        """A short hash of the settings (all, or just `fields`); checkpoints record it."""
+        data = self.to_dict()
+        if fields is not None:
+            data = {k: data[k] for k in fields}
+        text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def stage_fields(self, stage: str) -> tuple[str, ...]:
+        """The fields that shape what a training stage ("sft" or "grpo") learns (part 06).
+
+        A run may continue in a later session after any other field changed (the time budget,
+        checkpoint interval, evaluation sizes), but not after one of these did.
+        """
+        if stage == "sft":
+            return SFT_FIELDS
+        if stage == "grpo":
+            return tuple(f.name for f in dataclasses.fields(self) if f.name not in SESSION_FIELDS)
+        raise ValueError(f"stage={stage!r} is unknown; use 'sft' or 'grpo'")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the configuration as JSON (part 02 saves it into the run directory)."""
@@ -186,6 +203,18 @@ class TrainingConfig:
         return cls(**data)
 
 
+# Fields that may change between two sessions of one run (see TrainingConfig.stage_fields).
+SESSION_FIELDS = (
+    "profile", "time_budget_minutes", "checkpoint_every", "keep_checkpoints", "val_examples",
+    "eval_examples", "eval_batch_size", "eval_samples_k",
+)
+# What the SFT stage depends on; GRPO depends on everything but SESSION_FIELDS.
+SFT_FIELDS = (
+    "model", "param_dtype", "seed", "data_source", "train_examples", "lora_rank", "lora_alpha",
+    "adam_b1", "adam_b2", "weight_decay", "sft_steps", "sft_learning_rate", "sft_batch_size",
+    "sft_max_length",
+)
+
 # What each profile changes from the full-size defaults. Nothing else differs.
 _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     "tpu": {},
@@ -193,7 +222,7 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     "cpu": dict(
         model="gemma3-270m",
         param_dtype="float32",
-        data_source="auto",
+        data_source="synthetic",  # the offline default; "auto" reads GSM8K
         train_examples=2000,
         val_examples=50,
         eval_examples=200,
@@ -206,13 +235,14 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
         max_grad_norm=1.0,
         lora_rank=16,
         lora_alpha=32.0,
-        max_prompt_length=128,
+        max_prompt_length=144,
         max_generation_length=128,
-        cache_size=256,
+        cache_size=272,
         sft_steps=80,
         sft_batch_size=4,
         sft_max_length=192,
         eval_batch_size=8,
+        eval_sampled_examples=32,
         checkpoint_every=10,
         time_budget_minutes=30.0,
     ),
@@ -228,13 +258,13 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
         mini_batch_size=1,
         micro_batch_size=1,
         learning_rate=1e-3,
-        max_prompt_length=64,
+        max_prompt_length=160,
         max_generation_length=16,
-        cache_size=96,
+        cache_size=176,
         top_k=8,
         sft_steps=3,
         sft_batch_size=2,
-        sft_max_length=96,
+        sft_max_length=192,
         eval_batch_size=4,
         eval_samples_k=2,
         checkpoint_every=2,
@@ -267,6 +297,8 @@ def _validate(c: TrainingConfig) -> None:
         _fail("param_dtype", c.param_dtype, f"choose one of {', '.join(PARAM_DTYPES)}")
     if not isinstance(c.kaggle_handle, str) or not any(f"/{k}/" in c.kaggle_handle for k in ("flax", "transformers")):
         _fail("kaggle_handle", c.kaggle_handle, "use a Kaggle model handle owner/model/flax|transformers/variant, e.g. google/gemma-3/flax/gemma3-1b-it")
+    if c.grpo_reference not in ("sft", "base"):
+        _fail("grpo_reference", c.grpo_reference, "choose 'sft' or 'base'")
     if c.kl_loss_mode not in KL_MODES:
         _fail("kl_loss_mode", c.kl_loss_mode, f"choose one of {', '.join(KL_MODES)}")
     if c.data_source not in DATA_SOURCES:
@@ -306,6 +338,7 @@ def _validate(c: TrainingConfig) -> None:
     for name in ("sft_batch_size", "sft_max_length", "eval_batch_size", "keep_checkpoints"):
         integer(name, 1)
     integer("eval_samples_k", 1)
+    integer("eval_sampled_examples", 0, optional=True)
 
     number("beta", 0.0, 10.0)
     number("epsilon", 0.0, 1.0, low_open=True)

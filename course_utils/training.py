@@ -1,0 +1,613 @@
+"""Training: SFT warm-start, then GRPO with curriculum and reward annealing (part 06).
+
+Both stages run on Tunix: `PeftTrainer` for SFT, `RLCluster` + `GRPOLearner` for GRPO. Tunix
+saves Orbax checkpoints of the LoRA parameters and the optimiser state every
+`config.checkpoint_every` steps (keeping `config.keep_checkpoints`), restores the newest one when
+the stage starts again, and skips the batches already trained, so re-running part 06 continues
+where it stopped. Every checkpoint carries a JSON sidecar (step, stage, phase, config
+fingerprint, metrics so far); per-step metrics go to `metrics_<stage>.jsonl` / `.csv` in the run
+directory (and to TensorBoard, through Tunix). A time budget ends a stage cleanly, with a
+checkpoint, before Kaggle's session limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from course_utils.config import TrainingConfig
+
+PHASES = ("easy", "medium", "hard")
+EOS_TOKENS = [1, 106]  # <eos>, <end_of_turn>
+END_OF_TURN = "<end_of_turn>"
+
+
+# --- small pure helpers --------------------------------------------------------------------------
+
+
+def phase_at(step: int, max_steps: int) -> str:
+    """Curriculum phase of GRPO step `step` (0-based): thirds of the run, easy → medium → hard."""
+    if max_steps <= 0:
+        raise ValueError(f"max_steps={max_steps} must be positive")
+    return PHASES[min(len(PHASES) - 1, max(0, step) * len(PHASES) // max_steps)]
+
+
+def phase_of_step(step: int, config: TrainingConfig) -> str:
+    """Curriculum phase of optimiser step `step` (1-based): the phase of the batch it learns from."""
+    batches = grpo_batch_count(config)
+    return phase_at((max(1, step) - 1) * batches // config.max_steps, batches)
+
+
+def grpo_batch_count(config: TrainingConfig) -> int:
+    """Global batches GRPO consumes: each gives (global / mini batch) × μ optimiser steps."""
+    per_batch = (config.global_batch_size // config.mini_batch_size) * config.num_iterations
+    return math.ceil(config.max_steps / per_batch)
+
+
+def curriculum(examples: Sequence[Any], config: TrainingConfig) -> list[Any]:
+    """The examples GRPO sees, in order: `grpo_batch_count × global_batch_size` of them.
+
+    Batch b draws from the pool of its phase (`phase_at`), each pool shuffled with the config's
+    seed and cycled when exhausted; a phase with no examples of its difficulty draws from all.
+    The order is a pure function of (examples, config), which is what makes resume exact.
+    """
+    if not examples:
+        raise ValueError("curriculum needs at least one training example; check load_splits(config)['train']")
+    rng = random.Random(config.seed)
+    pools: dict[str, list[Any]] = {}
+    for phase in PHASES:
+        pool = [e for e in examples if getattr(e, "difficulty", None) == phase] or list(examples)
+        rng.shuffle(pool)
+        pools[phase] = pool
+    cursor = dict.fromkeys(PHASES, 0)
+    order = []
+    batches = grpo_batch_count(config)
+    for batch in range(batches):
+        phase = phase_at(batch, batches)
+        pool = pools[phase]
+        for _ in range(config.global_batch_size):
+            order.append(pool[cursor[phase] % len(pool)])
+            cursor[phase] += 1
+    return order
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int) -> Any:
+    """Linear warm-up to `peak`, then cosine decay to 0 (the official Tunix recipe)."""
+    import optax
+
+    warmup = max(0, min(warmup_steps, total_steps - 1))
+    return optax.schedules.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=0.0,
+    )
+
+
+def make_optimizer(config: TrainingConfig, *, peak: float, total_steps: int, warmup_steps: int,
+                   max_grad_norm: float) -> Any:
+    """AdamW with warm-up + cosine decay, after global-norm gradient clipping."""
+    import optax
+
+    schedule = learning_rate_schedule(peak, total_steps, warmup_steps)
+    return optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, weight_decay=config.weight_decay),
+    )
+
+
+class Deadline:
+    """The time budget: `expired()` turns true `minutes` after creation (never, for None)."""
+
+    def __init__(self, minutes: float | None) -> None:
+        self.minutes = minutes
+        self._end = None if minutes is None else time.monotonic() + 60.0 * minutes
+
+    def expired(self) -> bool:
+        return self._end is not None and time.monotonic() >= self._end
+
+    def remaining_minutes(self) -> float:
+        return math.inf if self._end is None else max(0.0, (self._end - time.monotonic()) / 60.0)
+
+
+# --- metrics from Tunix into the course's JSONL -----------------------------------------------
+
+
+# Tunix logs rollout-side metrics at the 0-based batch index and the trainer's at the 1-based
+# update step: update s learns from the rollouts of batch s - 1, so those shift by one.
+_GRPO_SOURCES = {"actor": 0, "completions": 1, "course": 1}
+_SFT_SOURCES = {"": 0}
+_RENAME = {
+    "actor/loss": "policy_loss", "actor/kl": "kl", "actor/grad_norm": "grad_norm",
+    "actor/pg_clipfrac": "clip_fraction", "completions/mean_length": "completion_length_mean",
+    "completions/max_length": "completion_length_max", "/loss": "loss", "/grad_norm": "grad_norm",
+}
+_SKIP = {"actor/perplexity", "completions/min_length"}
+
+
+class _StepRowsBackend:
+    """A Tunix/metrax logging backend that assembles one metrics row per step for the JSONL.
+
+    `sources` maps an event's prefix to its step offset; events from other prefixes (Tunix's
+    duplicates, JAX and Orbax internals) are ignored. A row is written once two later steps
+    have been seen (events of one step may arrive late), and the rest on `close`.
+    """
+
+    def __init__(self, logger: Any, sources: dict[str, int], extra: Callable[[int, float], dict]) -> None:
+        self.logger, self.sources, self.extra = logger, sources, extra
+        self.pending: dict[int, dict[str, float]] = {}
+        self.arrived: dict[int, float] = {}
+
+    def log_scalar(self, event: str, value: Any, **kwargs: Any) -> None:
+        step = kwargs.get("step")
+        prefix, _, rest = event.partition("/")
+        mode, _, name = rest.partition("/")
+        if step is None or mode != "train" or prefix not in self.sources or not name:
+            return
+        key = f"{prefix}/{name}"
+        if key in _SKIP:
+            return
+        step = int(step) + self.sources[prefix]
+        try:
+            number = float(np.asarray(value).mean())
+        except (TypeError, ValueError):
+            return
+        self.pending.setdefault(step, {})[_RENAME.get(key, name)] = number
+        if self.sources[prefix] == 0:
+            self.arrived.setdefault(step, time.perf_counter())
+        for done in sorted(k for k in self.pending if k <= step - 2):
+            self._write(done)
+
+    def _write(self, step: int) -> None:
+        row = self.pending.pop(step)
+        if step >= 1 and step > (self.logger.last_step or 0):
+            previous = self.arrived.get(step - 1)
+            seconds = self.arrived[step] - previous if previous and step in self.arrived else math.nan
+            row.update(self.extra(step, seconds))
+            self.logger.log(row, step=step)
+
+    def close(self) -> None:
+        for step in sorted(self.pending):
+            self._write(step)
+
+
+def _logging_options(log_dir: Path, backend: _StepRowsBackend) -> Any:
+    from tunix.sft import metrics_logger
+
+    def tensorboard() -> Any:
+        return metrics_logger.TensorboardBackend(log_dir=str(log_dir), flush_every_n_steps=1)
+
+    return metrics_logger.MetricsLoggerOptions(
+        log_dir=str(log_dir), flush_every_n_steps=1,
+        backend_kwargs={"custom_backend": [tensorboard, lambda: backend]},
+    )
+
+
+def _checkpoint_options(config: TrainingConfig) -> Any:
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManagerOptions(
+        save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints
+    )
+
+
+def _tokenizer_adapter(tokenizer: Any) -> Any:
+    from tunix.generate import tokenizer_adapter
+
+    if isinstance(tokenizer, tokenizer_adapter.TokenizerAdapter):
+        return tokenizer
+    return tokenizer_adapter.TokenizerAdapter(tokenizer)
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What a training stage did: its steps, where it stopped, and why."""
+
+    stage: str
+    start_step: int
+    end_step: int
+    max_steps: int
+    seconds: float
+    stopped_by_budget: bool
+    checkpoint_dir: Path
+    metrics_path: Path
+
+    @property
+    def finished(self) -> bool:
+        return self.end_step >= self.max_steps
+
+    def message(self) -> str:
+        ran = self.end_step - self.start_step
+        text = (f"{self.stage}: steps {self.start_step}→{self.end_step} of {self.max_steps} "
+                f"({ran} this session, {self.seconds:.0f} s)")
+        if self.stopped_by_budget and not self.finished:
+            text += ("; the time budget ran out, a checkpoint is saved: run this part again "
+                     "(or the next Kaggle session with this output attached) to continue")
+        return text
+
+
+def _install_sidecar(trainer: Any, stage: str, config: TrainingConfig, logger: Any,
+                     phase_of: Callable[[int], str]) -> None:
+    """Make every checkpoint the trainer saves carry the course's JSON sidecar.
+
+    The sidecar rides in Orbax's custom metadata, so it is written atomically with the arrays.
+    Tunix's RL trainer keeps its own `global_step` there: that is preserved. Tunix 0.1.7's final
+    save (when training ends or the time budget stops it) passes no metadata at all, so that
+    one is redone here with it.
+    """
+    own = trainer.custom_checkpoint_metadata
+
+    def metadata() -> dict[str, Any]:
+        step = int(trainer.train_steps)
+        rows = logger.rows
+        return {**own(), "course": {
+            "stage": stage, "phase": phase_of(step), "profile": config.profile,
+            "config_fingerprint": config.fingerprint(config.stage_fields(stage)), "config": config.to_dict(),
+            "metrics_file": logger.path.name, "metrics_rows": len(rows),
+            "last_metrics": rows[-1] if rows else None, "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }}
+
+    def save_last() -> None:
+        manager = trainer.checkpoint_manager
+        last = manager.latest_step()
+        if last is None or last < trainer.train_steps:
+            manager.save(trainer.train_steps, trainer.model, trainer.optimizer,
+                         save_only_lora_params=trainer._lora_enabled, force=True,
+                         custom_metadata=metadata())
+
+    trainer.custom_checkpoint_metadata = metadata
+    trainer._save_last_checkpoint = save_last
+
+
+def _check_fingerprint(checkpoint_dir: Path, config: TrainingConfig, stage: str,
+                       allow_config_change: bool) -> None:
+    """Refuse to resume a stage whose settings changed since its last checkpoint, unless told to.
+
+    Only the fields that shape the stage count (`TrainingConfig.stage_fields`): a new time
+    budget or checkpoint interval in the next Kaggle session is fine.
+    """
+    from course_utils.checkpoints import ConfigMismatchError, latest_checkpoint
+
+    info = latest_checkpoint(checkpoint_dir)
+    fields = config.stage_fields(stage)
+    if info is None or allow_config_change or info.fingerprint in (None, config.fingerprint(fields)):
+        return
+    saved = info.sidecar.get("config") or {}
+    changed = [f"{k}: {saved.get(k)!r} → {getattr(config, k)!r}" for k in fields if saved.get(k) != getattr(config, k)]
+    raise ConfigMismatchError(
+        f"{info} was trained with other {stage} settings ({'; '.join(changed) or 'unknown fields'}). "
+        f"Go back to those settings, start a fresh run (another COURSE_RUN_DIR, or delete "
+        f"{checkpoint_dir}), or pass allow_config_change=True to continue with the new ones."
+    )
+
+
+# --- stage 1: SFT warm-start ---------------------------------------------------------------
+
+
+def sft_example_tokens(example: Any, tokenizer: Any, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, loss mask) for one SFT example: BOS + prompt + course-format answer + <end_of_turn>.
+
+    Only the answer tokens carry loss (the prompt is masked out); the answer ends with
+    `<end_of_turn>` so the model learns to stop. Truncated from the right to `max_length`.
+    """
+    from course_utils.data import build_prompt, format_solution
+
+    tok = _tokenizer_adapter(tokenizer)
+    prompt = [tok.bos_id()] + list(tok.encode(build_prompt(example.question)))
+    answer = list(tok.encode(format_solution(example) + END_OF_TURN))
+    tokens = (prompt + answer)[:max_length]
+    mask = ([0] * len(prompt) + [1] * len(answer))[:max_length]
+    return np.array(tokens, np.int32), np.array(mask, np.int32)
+
+
+def sft_batches(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig) -> Iterator[Any]:
+    """Padded SFT batches in a fixed, seeded order (cycling), `config.sft_steps` of them."""
+    from tunix.sft import peft_trainer
+
+    if not examples:
+        raise ValueError("SFT needs training examples; load_splits(config)['train'] is empty")
+    pad = _tokenizer_adapter(tokenizer).pad_id()
+    order = list(examples)
+    random.Random(config.seed + 1).shuffle(order)
+    size, length = config.sft_batch_size, config.sft_max_length
+    for step in range(config.sft_steps):
+        tokens = np.full((size, length), pad, np.int32)
+        mask = np.zeros((size, length), np.int32)
+        for row in range(size):
+            t, m = sft_example_tokens(order[(step * size + row) % len(order)], tokenizer, length)
+            tokens[row, : len(t)], mask[row, : len(m)] = t, m
+        yield peft_trainer.TrainingInput(input_tokens=tokens, input_mask=mask)
+
+
+def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequence[Any],
+              run_dir: str | Path, *, deadline: Deadline | None = None,
+              allow_config_change: bool = False) -> StageResult:
+    """LoRA SFT on course-format worked solutions with Tunix's PeftTrainer (part 06, stage 1).
+
+    `deadline` is the session's time budget, shared with GRPO (default: a new one from the
+    config). Re-running it continues from the newest SFT checkpoint.
+    """
+    from tunix.sft import peft_trainer, utils as sft_utils
+
+    from course_utils.metrics import MetricsLogger
+
+    run_dir = Path(run_dir)
+    checkpoint_dir = run_dir / "checkpoints" / "sft"
+    if config.sft_steps == 0:
+        print("sft: sft_steps=0, skipping the warm-start")
+        return StageResult("sft", 0, 0, 0, 0.0, False, checkpoint_dir, run_dir / "metrics_sft.jsonl")
+    _check_fingerprint(checkpoint_dir, config, "sft", allow_config_change)
+    logger = MetricsLogger(run_dir, "sft")
+    lr = learning_rate_schedule(config.sft_learning_rate, config.sft_steps, max(1, config.sft_steps // 10))
+    backend = _StepRowsBackend(logger, _SFT_SOURCES, lambda step, seconds: {
+        "stage": "sft", "learning_rate": float(lr(step - 1)), "seconds_per_step": seconds})
+    training_config = peft_trainer.TrainingConfig(
+        eval_every_n_steps=10**9, max_steps=config.sft_steps,
+        checkpoint_root_directory=str(checkpoint_dir),
+        checkpointing_options=_checkpoint_options(config),
+        metrics_logging_options=_logging_options(run_dir / "tensorboard" / "sft", backend),
+        pbar_description="SFT",
+    )
+    optimizer = make_optimizer(config, peak=config.sft_learning_rate, total_steps=config.sft_steps,
+                               warmup_steps=max(1, config.sft_steps // 10), max_grad_norm=1.0)
+    pad = _tokenizer_adapter(tokenizer).pad_id()
+
+    def model_inputs(batch: Any) -> dict[str, Any]:
+        not_pad = batch.input_tokens != pad
+        return {"input_tokens": batch.input_tokens, "input_mask": batch.input_mask,
+                "positions": sft_utils.build_positions_from_mask(not_pad),
+                "attention_mask": sft_utils.make_causal_attn_mask(not_pad)}
+
+    trainer = peft_trainer.PeftTrainer(model, optimizer, training_config).with_gen_model_input_fn(model_inputs)
+    _install_sidecar(trainer, "sft", config, logger, lambda step: "sft")
+    start = trainer.train_steps
+    logger.resume(start)
+    started = backend.arrived[start] = time.perf_counter()
+    deadline = deadline or Deadline(config.time_budget_minutes)
+    if start < config.sft_steps:
+        trainer.train(_until(sft_batches(examples, tokenizer, config), deadline, start))
+    else:
+        trainer.close()
+    return StageResult("sft", start, trainer.train_steps, config.sft_steps, time.perf_counter() - started,
+                       deadline.expired(), checkpoint_dir, logger.path)
+
+
+def _until(batches: Iterator[Any], deadline: Deadline, skip: int) -> Iterator[Any]:
+    """Pass batches through until the deadline. The `skip` already trained ones and one new
+    batch always pass, so every session makes progress."""
+    for index, batch in enumerate(batches):
+        if index > skip and deadline.expired():
+            print(f"time budget of {deadline.minutes} min reached: saving and stopping cleanly")
+            return
+        yield batch
+
+
+# --- stage 2: GRPO ---------------------------------------------------------------------------
+
+
+def make_reference(base: Any, actor: Any, config: TrainingConfig, mesh: Any = None) -> Any:
+    """GRPO's reference model π_ref, frozen, sharing the base weights with the actor.
+
+    "sft" (default): a second LoRA wrapper of the base holding a copy of the actor's current
+    LoRA weights — call it after SFT, so the KL term anchors GRPO to the policy it starts
+    from (as DeepSeek-R1 does). "base": the untouched base model, which the KL term then pulls
+    back towards (the official Tunix notebook's choice, where there is no SFT stage).
+    """
+    if config.grpo_reference == "base" or config.sft_steps == 0:
+        return base
+    from flax import nnx
+
+    from course_utils.lora import apply_lora, lora_state
+
+    reference = apply_lora(base, config, mesh)
+    nnx.update(reference, lora_state(actor))
+    return reference
+
+
+def prompts_that_fit(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig) -> list[Any]:
+    """The examples whose prompt fits `max_prompt_length` tokens; says how many it dropped.
+
+    A longer prompt would make Tunix's sampler round the prompt up past the KV cache.
+    """
+    from course_utils.data import build_prompt
+
+    tok = _tokenizer_adapter(tokenizer)
+    kept = [e for e in examples if len(tok.encode(build_prompt(e.question))) + 1 <= config.max_prompt_length]
+    if not kept:
+        raise ValueError(
+            f"no prompt fits max_prompt_length={config.max_prompt_length} tokens; raise "
+            "max_prompt_length (and cache_size) in the config"
+        )
+    if len(kept) < len(examples):
+        print(f"prompts: dropped {len(examples) - len(kept)} of {len(examples)} longer than "
+              f"{config.max_prompt_length} tokens")
+    return kept
+
+
+def grpo_batches(order: Sequence[Any], config: TrainingConfig, *, rollout_config: Any = None,
+                 deadline: Deadline | None = None, skip: int = 0) -> Iterator[dict[str, Any]]:
+    """GRPO's input batches (Tunix wants dicts whose `prompts` are plain strings).
+
+    Batch i also sets the rollout's sampling seed to a key derived from (seed, i): without it
+    every step would draw the same completions (Tunix uses PRNGKey(0) when seed is None).
+    """
+    import jax
+
+    from course_utils.data import build_prompt
+
+    size = config.global_batch_size
+    for index in range(len(order) // size):
+        if index > skip and deadline is not None and deadline.expired():
+            print(f"time budget of {deadline.minutes} min reached: saving and stopping cleanly")
+            return
+        if rollout_config is not None:
+            rollout_config.seed = jax.random.PRNGKey(config.seed * 1_000_003 + index)
+        chunk = order[index * size:(index + 1) * size]
+        # numpy arrays, as grain's .batch() makes: Tunix repeats every field G times with
+        # jax.tree.map(np.repeat, ...), which would split a Python list into its strings.
+        yield {
+            "prompts": np.array([build_prompt(e.question) for e in chunk]),
+            "answer": np.array([e.answer for e in chunk]),
+            "question": np.array([e.question for e in chunk]),
+            "difficulty": np.array([e.difficulty for e in chunk]),
+            "batch_index": np.full(len(chunk), index),
+        }
+
+
+def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, step_fn: Callable[[], int]) -> Callable[..., dict]:
+    """A Tunix metric function: the course's per-step numbers beyond what Tunix logs itself.
+
+    Reward mean/std per component, share of groups whose G rewards all tie (zero advantage:
+    no learning signal), truncation rate, curriculum phase index, reward weights, batch index.
+    """
+    from course_utils.rewards import annealed_weights, composite_reward
+
+    tok = _tokenizer_adapter(tokenizer)
+
+    def metrics(prompts: list[str], completions: list[str], rewards: Any, advantages: Any,
+                answer: Sequence[str] = (), **kwargs: Any) -> dict[str, tuple[float, Callable]]:
+        step = step_fn()
+        weights = annealed_weights(config, step) if config.anneal_reward_weights else config.reward_weights
+        grouped = np.asarray(rewards, dtype=np.float64).reshape(-1, config.num_generations)
+        out: dict[str, tuple[float, Callable]] = {
+            "course/reward_mean": (float(grouped.mean()), np.mean),
+            "course/reward_std": (float(grouped.std()), np.mean),
+            "course/zero_advantage_frac": (float(np.mean(np.ptp(grouped, axis=1) < 1e-9)), np.mean),
+        }
+        lengths = [len(tok.encode(c)) for c in completions]
+        out["course/truncation_rate"] = (float(np.mean([n >= config.max_generation_length for n in lengths])), np.mean)
+        parts: dict[str, list[float]] = {}
+        for completion, gold in zip(completions, answer):
+            for name, value in composite_reward(completion, gold, weights=weights).components.items():
+                parts.setdefault(name, []).append(float(value))
+        for name, values in parts.items():
+            out[f"course/reward_{name}_mean"] = (float(np.mean(values)), np.mean)
+            out[f"course/reward_{name}_std"] = (float(np.std(values)), np.mean)
+        for name, value in weights.items():
+            out[f"course/weight_{name}"] = (float(value), np.mean)
+        if "batch_index" in kwargs:
+            out["course/batch_index"] = (float(np.min(kwargs["batch_index"])), np.min)
+        return out
+
+    return metrics
+
+
+def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: Any,
+               examples: Sequence[Any], run_dir: str | Path, mesh: Any, *,
+               deadline: Deadline | None = None, allow_config_change: bool = False) -> StageResult:
+    """GRPO with Tunix's RLCluster + GRPOLearner (part 06, stage 2).
+
+    `actor` is the LoRA model (after SFT), `reference` the frozen model the KL term anchors to.
+    Rewards are the course's composite reward, annealed per step when the config says so.
+    """
+    from tunix.rl import rl_cluster as rl_cluster_lib
+    from tunix.rl.grpo.grpo_learner import GRPOConfig, GRPOLearner
+    from tunix.rl.rollout import base_rollout
+
+    from course_utils.metrics import MetricsLogger
+    from course_utils.rewards import make_reward_fns
+
+    run_dir = Path(run_dir)
+    checkpoint_dir = run_dir / "checkpoints" / "grpo" / "actor"  # RLCluster adds "actor"
+    _check_fingerprint(checkpoint_dir, config, "grpo", allow_config_change)
+    logger = MetricsLogger(run_dir, "grpo")
+    lr = learning_rate_schedule(config.learning_rate, config.max_steps, config.warmup_steps)
+    backend = _StepRowsBackend(logger, _GRPO_SOURCES, lambda step, seconds: {
+        "stage": "grpo", "phase": phase_of_step(step, config), "learning_rate": float(lr(step - 1)),
+        "seconds_per_step": seconds})
+    rollout_config = base_rollout.RolloutConfig(
+        max_tokens_to_generate=config.max_generation_length, max_prompt_length=config.max_prompt_length,
+        kv_cache_size=config.cache_size, temperature=config.temperature, top_p=config.top_p,
+        top_k=config.top_k, eos_tokens=EOS_TOKENS,
+    )
+    training_config = rl_cluster_lib.RLTrainingConfig(
+        actor_optimizer=make_optimizer(config, peak=config.learning_rate, total_steps=config.max_steps,
+                                       warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm),
+        eval_every_n_steps=10**9, max_steps=config.max_steps,
+        mini_batch_size=config.mini_batch_size, train_micro_batch_size=config.micro_batch_size,
+        checkpoint_root_directory=str(checkpoint_dir.parent), checkpointing_options=_checkpoint_options(config),
+        metrics_logging_options=_logging_options(run_dir / "tensorboard" / "grpo", backend),
+        pbar_description="GRPO",
+    )
+    roles = rl_cluster_lib.Role
+    cluster = rl_cluster_lib.RLCluster(
+        actor=actor, reference=reference, tokenizer=tokenizer,
+        cluster_config=rl_cluster_lib.ClusterConfig(
+            role_to_mesh={roles.ACTOR: mesh, roles.REFERENCE: mesh, roles.ROLLOUT: mesh},
+            rollout_engine="vanilla", offload_to_cpu=False,
+            training_config=training_config, rollout_config=rollout_config,
+        ),
+    )
+    step_fn = lambda: int(cluster.global_steps)  # noqa: E731 - read by the annealed rewards
+    learner = GRPOLearner(
+        rl_cluster=cluster,
+        algo_config=GRPOConfig(num_generations=config.num_generations, num_iterations=config.num_iterations,
+                               beta=config.beta, epsilon=config.epsilon, kl_loss_mode=config.kl_loss_mode),
+        reward_fns=make_reward_fns(config, step_fn=step_fn),
+        metric_fns=[grpo_step_metrics(config, tokenizer, step_fn)],
+    )
+    trainer = cluster.actor_trainer
+    _install_sidecar(trainer, "grpo", config, logger, lambda step: phase_of_step(step, config))
+    start = int(trainer.train_steps)
+    per_batch = config.max_steps / grpo_batch_count(config)
+    cluster.global_steps = int(start // per_batch)  # batches done; the annealing reads it
+    logger.resume(start)
+    order = curriculum(prompts_that_fit(examples, tokenizer, config), config)
+    deadline = deadline or Deadline(config.time_budget_minutes)
+    started = time.perf_counter()
+    backend.arrived[start] = started
+    if start < config.max_steps and not deadline.expired():
+        learner.train(grpo_batches(order, config, rollout_config=rollout_config, deadline=deadline,
+                                   skip=int(start // per_batch)))
+    else:
+        cluster.close()
+    end = int(trainer.train_steps)
+    return StageResult("grpo", start, end, config.max_steps, time.perf_counter() - started,
+                       deadline.expired(), checkpoint_dir, logger.path)
+
+
+# --- the whole of part 06 from the command line -------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m course_utils.training [--profile P] [--run-dir D]`: both stages, resumable."""
+    import argparse
+
+    import jax
+
+    from course_utils.config import load_run_config
+    from course_utils.data import load_splits
+    from course_utils.env import make_mesh, run_dir as default_run_dir
+    from course_utils.lora import apply_lora
+    from course_utils.model import load_model
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--profile", default=None, help="smoke | cpu | gpu | tpu (default: COURSE_PROFILE / hardware)")
+    parser.add_argument("--run-dir", default=None, help="default: the profile's run directory")
+    parser.add_argument("--allow-config-change", action="store_true")
+    args = parser.parse_args(argv)
+    config = load_run_config(args.profile)
+    run = Path(args.run_dir) if args.run_dir else default_run_dir(config.profile)
+    mesh = make_mesh()
+    jax.set_mesh(mesh)
+    loaded = load_model(config, mesh)
+    actor = apply_lora(loaded.model, config, mesh)
+    train = load_splits(config)["train"]
+    deadline = Deadline(config.time_budget_minutes)  # one budget for the whole session
+    print(train_sft(config, actor, loaded.tokenizer, train, run, deadline=deadline,
+                    allow_config_change=args.allow_config_change).message())
+    reference = make_reference(loaded.model, actor, config, mesh)
+    result = train_grpo(config, actor, reference, loaded.tokenizer, train, run, mesh, deadline=deadline,
+                        allow_config_change=args.allow_config_change)
+    print(result.message())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""course_utils.training: curriculum, batches, metrics alignment, and resume after a real kill."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from course_utils import training
+from course_utils.config import TrainingConfig
+from course_utils.data import Example, load_splits
+
+SMOKE = TrainingConfig.for_profile("smoke")
+
+
+def _examples(n_each: int = 5) -> list[Example]:
+    return [Example(question=f"{d} question {i}?", solution=f"1+{i}=<<1+{i}={1 + i}>>{1 + i}\n#### {1 + i}",
+                    answer=str(1 + i), difficulty=d, source="test")
+            for d in ("easy", "medium", "hard") for i in range(n_each)]
+
+
+def test_phase_at_splits_the_run_in_thirds():
+    assert [training.phase_at(s, 9) for s in range(9)] == ["easy"] * 3 + ["medium"] * 3 + ["hard"] * 3
+    assert training.phase_at(0, 1) == "easy"
+    with pytest.raises(ValueError):
+        training.phase_at(0, 0)
+
+
+def test_curriculum_is_ordered_by_difficulty_and_deterministic():
+    config = dataclasses.replace(SMOKE, max_steps=9, global_batch_size=2, mini_batch_size=2)
+    order = training.curriculum(_examples(), config)
+    assert len(order) == 18
+    assert [e.difficulty for e in order] == ["easy"] * 6 + ["medium"] * 6 + ["hard"] * 6
+    assert order == training.curriculum(_examples(), config)
+    other = training.curriculum(_examples(), dataclasses.replace(config, seed=7))
+    assert [e.question for e in other] != [e.question for e in order]
+
+
+def test_curriculum_falls_back_to_all_examples_for_a_missing_difficulty():
+    easy_only = [e for e in _examples() if e.difficulty == "easy"]
+    order = training.curriculum(easy_only, dataclasses.replace(SMOKE, max_steps=6))
+    assert len(order) == 6 and {e.difficulty for e in order} == {"easy"}
+    with pytest.raises(ValueError, match="at least one training example"):
+        training.curriculum([], SMOKE)
+
+
+def test_batch_count_accounts_for_mini_batches_and_iterations():
+    config = dataclasses.replace(SMOKE, max_steps=10, global_batch_size=4, mini_batch_size=2,
+                                 micro_batch_size=2, num_iterations=2)
+    assert training.grpo_batch_count(config) == 3  # each batch gives 2 mini batches × μ=2 steps
+    assert training.phase_of_step(1, SMOKE) == "easy" and training.phase_of_step(4, SMOKE) == "hard"
+
+
+def test_grpo_batches_are_arrays_with_a_new_seed_each():
+    import jax
+
+    config = dataclasses.replace(SMOKE, max_steps=3, global_batch_size=2, mini_batch_size=2)
+    order = training.curriculum(_examples(), config)
+
+    class Rollout:
+        seed = None
+
+    rollout = Rollout()
+    seeds, batches = [], []
+    for batch in training.grpo_batches(order, config, rollout_config=rollout):
+        seeds.append(tuple(np.asarray(jax.random.key_data(rollout.seed)).tolist()))
+        batches.append(batch)
+    assert len(batches) == 3 and len(set(seeds)) == 3
+    first = batches[0]
+    assert isinstance(first["prompts"], np.ndarray) and first["prompts"].shape == (2,)
+    assert first["prompts"][0].startswith("<start_of_turn>user") and list(first["batch_index"]) == [0, 0]
+    assert list(first["answer"]) == [order[0].answer, order[1].answer]
+
+
+def test_deadline_stops_batches_but_never_the_fast_forward():
+    order = training.curriculum(_examples(), dataclasses.replace(SMOKE, max_steps=6))
+    expired = training.Deadline(1e-9)
+    time.sleep(0.01)
+    assert expired.expired()
+    got = list(training.grpo_batches(order, dataclasses.replace(SMOKE, max_steps=6), deadline=expired, skip=2))
+    assert [int(b["batch_index"][0]) for b in got] == [0, 1, 2]  # two already trained + one new pass
+    assert not training.Deadline(None).expired() and training.Deadline(None).remaining_minutes() == float("inf")
+
+
+class _Logger:
+    def __init__(self):
+        self.rows, self.last_step = [], None
+
+    def log(self, row, step):
+        self.rows.append({"step": step, **row})
+        self.last_step = step
+
+
+def test_metrics_backend_pairs_each_update_with_the_rollouts_it_learned_from():
+    logger = _Logger()
+    backend = training._StepRowsBackend(logger, training._GRPO_SOURCES, lambda step, s: {"phase": "x"})
+    for batch in range(3):  # Tunix: rollout metrics at the batch index, loss at the 1-based step
+        backend.log_scalar("course/train/reward_mean", 0.1 * batch, step=batch)
+        backend.log_scalar("completions/train/mean_length", 10 + batch, step=batch)
+        backend.log_scalar("actor/train/loss", 1.0 + batch, step=batch + 1)
+        backend.log_scalar("/train/loss", 99.0, step=batch + 1)  # Tunix's duplicate: ignored
+        backend.log_scalar("jax/core/compile", 5.0)  # no step: ignored
+    backend.close()
+    assert [r["step"] for r in logger.rows] == [1, 2, 3]
+    for batch, row in enumerate(logger.rows):
+        assert row["reward_mean"] == pytest.approx(0.1 * batch)
+        assert row["completion_length_mean"] == 10 + batch and row["policy_loss"] == 1.0 + batch
+        assert row["phase"] == "x" and "loss" not in row
+
+
+def test_prompts_that_fit_drops_long_prompts(capsys):
+    from course_utils.model import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    examples = _examples(2) + [dataclasses.replace(_examples(1)[0], question="long " * 400)]
+    kept = training.prompts_that_fit(examples, tok, SMOKE)
+    assert len(kept) == len(examples) - 1 and "dropped 1 of" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="raise max_prompt_length"):
+        training.prompts_that_fit(examples, tok, dataclasses.replace(SMOKE, max_prompt_length=4))
+
+
+def test_sft_tokens_mask_the_prompt_and_end_the_turn():
+    from course_utils.model import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    example = load_splits(SMOKE)["train"][0]
+    tokens, mask = training.sft_example_tokens(example, tok, 400)
+    assert tokens[0] == 2 and mask[0] == 0 and mask[-1] == 1
+    assert tokens[-1] == 106  # <end_of_turn>: the model learns to stop
+    first_answer = int(np.argmax(mask))
+    assert tok.decode(tokens[first_answer:].tolist()).startswith("<reasoning>")
+    short, short_mask = training.sft_example_tokens(example, tok, 20)
+    assert len(short) == len(short_mask) == 20
+
+
+# --- the real thing on the smoke profile: train, kill -9, resume ------------------------------
+
+STEPS = 6
+
+
+def _run(run_dir: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "COURSE_RUN_DIR": str(run_dir), "JAX_PLATFORMS": "cpu"}
+    (run_dir).mkdir(parents=True, exist_ok=True)
+    dataclasses.replace(SMOKE, max_steps=STEPS, checkpoint_every=2, time_budget_minutes=None).save(run_dir / "config.json")
+    return subprocess.Popen([sys.executable, "-m", "course_utils.training", "--profile", "smoke"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _rows(run_dir: Path, stage: str) -> list[dict]:
+    path = run_dir / f"metrics_{stage}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+
+
+@pytest.mark.slow
+def test_training_killed_mid_grpo_resumes_without_repeating_or_skipping(tmp_path):
+    from course_utils.checkpoints import latest_checkpoint
+
+    run = tmp_path / "run"
+    proc = _run(run)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpt = latest_checkpoint(run / "checkpoints" / "grpo" / "actor")
+        if ckpt is not None and ckpt.step >= 2 and len(_rows(run, "grpo")) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed:\n" + proc.stdout.read()[-3000:]
+    proc.send_signal(signal.SIGKILL)  # a real kill, as when a Kaggle session dies
+    proc.wait()
+    killed_at = latest_checkpoint(run / "checkpoints" / "grpo" / "actor").step
+    assert 2 <= killed_at < STEPS
+
+    resumed = _run(run)
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out[-4000:]
+    assert f"grpo: steps {killed_at}→{STEPS} of {STEPS}" in out
+    assert f"sft: steps {SMOKE.sft_steps}→{SMOKE.sft_steps}" in out  # SFT was already done: not redone
+
+    rows = _rows(run, "grpo")
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # none repeated, none skipped
+    assert [int(r["batch_index"]) for r in rows] == list(range(STEPS))  # the same data position
+    assert [r["phase"] for r in rows] == ["easy"] * 2 + ["medium"] * 2 + ["hard"] * 2
+    assert [r["step"] for r in _rows(run, "sft")] == list(range(1, SMOKE.sft_steps + 1))
+    final = latest_checkpoint(run / "checkpoints" / "grpo" / "actor")
+    assert final.step == STEPS and final.stage == "grpo" and final.sidecar["global_step"] == STEPS
+    assert final.fingerprint and final.sidecar["metrics_rows"] >= killed_at
+    assert (run / "metrics_grpo.csv").read_text().count("\n") == STEPS + 1
+
+
+@pytest.mark.slow
+def test_time_budget_stops_cleanly_with_a_checkpoint_and_the_next_session_continues(tmp_path):
+    from course_utils.checkpoints import latest_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    # A budget that expires during SFT: SFT ends early with a checkpoint, GRPO does nothing.
+    env = {**os.environ, "COURSE_RUN_DIR": str(run)}
+    dataclasses.replace(SMOKE, sft_steps=6, time_budget_minutes=0.0001).save(run / "config.json")
+    out = subprocess.run([sys.executable, "-m", "course_utils.training"], env={**env, "COURSE_PROFILE": "smoke"},
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "time budget" in out.stdout and "run this part again" in out.stdout
+    stopped = latest_checkpoint(run / "checkpoints" / "sft")
+    assert stopped is not None and stopped.step < 6 and stopped.stage == "sft"
+    # The next session, with a new budget (allowed to change), finishes both stages.
+    dataclasses.replace(SMOKE, sft_steps=6, time_budget_minutes=None).save(run / "config.json")
+    out = subprocess.run([sys.executable, "-m", "course_utils.training"], env={**env, "COURSE_PROFILE": "smoke"},
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"sft: steps {stopped.step}→6 of 6" in out.stdout
+    assert latest_checkpoint(run / "checkpoints" / "grpo" / "actor").step == SMOKE.max_steps
+    assert [r["step"] for r in _rows(run, "sft")] == list(range(1, 7))
