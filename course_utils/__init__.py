@@ -1,8 +1,16 @@
 """Helpers shared by the notebooks of the Gemma 3 GRPO + LoRA course (Tunix, JAX).
 
-One flat module per job: `config` (every knob, profiles), `env` (machine, paths, secrets),
-`install` (pinned packages on Kaggle), `notebooks` (pairing tooling), `run_course` (runs all
-parts). Later parts add `data`, `rewards`, `model`, `training`, `evaluation`, `export`.
+One flat module per job, named after the part that introduces it:
+
+- part 01: `env` (machine, paths, secrets, mesh), `install` (pinned packages on Kaggle);
+- part 02: `config` (every knob, the profiles);
+- part 03: `data` (GSM8K and the offline generator, prompts), `rewards`;
+- part 04: `model`, `tokenizer`, `lora`, `generate`, `memory`;
+- part 05: `reward_analysis` (RewardAnalyzer, RewardDebugger);
+- part 06: `training` (SFT + GRPO), `checkpoints`, `metrics`, `plots`;
+- part 07: `evaluation`; part 08: `export`;
+- tooling: `notebooks` (pairing), `run_course` (the main job), `kaggle_job` (the TPU run),
+  `bench_*` (benchmarks that print figures).
 """
 
 __version__ = "0.1.0"

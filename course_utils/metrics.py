@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-REWARD_COMPONENTS = ("format", "coherence", "correctness", "efficiency")
+REWARD_COMPONENTS = ("format", "coherence", "correctness", "efficiency", "calibration")
 
 # The row fields part 06 logs per GRPO step; the plots read these names. Unknown extra fields
 # are kept as they are. Per-component fields exist for each name in REWARD_COMPONENTS.

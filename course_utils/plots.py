@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 from course_utils.metrics import REWARD_COMPONENTS, flatten_metrics, is_finite_number, read_metrics
 
 History = Sequence[Mapping[str, Any]] | str | os.PathLike
-_COLORS = {"format": "tab:blue", "coherence": "tab:purple", "correctness": "tab:green", "efficiency": "tab:orange"}
+_COLORS = {"format": "tab:blue", "coherence": "tab:purple", "correctness": "tab:green", "efficiency": "tab:orange",
+           "calibration": "tab:brown"}
 
 
 def plot_training_curves(history: History, path: str | os.PathLike, *, title: str | None = None) -> Path:

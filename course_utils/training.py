@@ -13,7 +13,6 @@ checkpoint, before Kaggle's session limit.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import time
@@ -31,6 +30,23 @@ END_OF_TURN = "<end_of_turn>"
 
 
 # --- small pure helpers --------------------------------------------------------------------------
+
+
+def checkpoint_dir(run_dir: str | Path, stage: str) -> Path:
+    """Where a stage's Orbax checkpoints live: `checkpoints/sft`, `checkpoints/grpo/actor`
+    (Tunix's RLCluster adds the role, `actor`, below the root it is given)."""
+    if stage not in ("sft", "grpo"):
+        raise ValueError(f"stage={stage!r} is unknown; use 'sft' or 'grpo'")
+    root = Path(run_dir) / "checkpoints" / stage
+    return root / "actor" if stage == "grpo" else root
+
+
+def latest_stage_checkpoint(run_dir: str | Path, stage: str) -> Any:
+    """The newest complete checkpoint of a stage in this run (a `CheckpointInfo`), or None."""
+    from course_utils.checkpoints import latest_checkpoint
+
+    return latest_checkpoint(checkpoint_dir(run_dir, stage))
+
 
 
 def phase_at(step: int, max_steps: int) -> str:
@@ -217,6 +233,7 @@ class StageResult:
     stopped_by_budget: bool
     checkpoint_dir: Path
     metrics_path: Path
+    timings: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # seconds per call
 
     @property
     def finished(self) -> bool:
@@ -338,18 +355,18 @@ def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequ
     from course_utils.metrics import MetricsLogger
 
     run_dir = Path(run_dir)
-    checkpoint_dir = run_dir / "checkpoints" / "sft"
+    directory = checkpoint_dir(run_dir, "sft")
     if config.sft_steps == 0:
         print("sft: sft_steps=0, skipping the warm-start")
-        return StageResult("sft", 0, 0, 0, 0.0, False, checkpoint_dir, run_dir / "metrics_sft.jsonl")
-    _check_fingerprint(checkpoint_dir, config, "sft", allow_config_change)
+        return StageResult("sft", 0, 0, 0, 0.0, False, directory, run_dir / "metrics_sft.jsonl")
+    _check_fingerprint(directory, config, "sft", allow_config_change)
     logger = MetricsLogger(run_dir, "sft")
     lr = learning_rate_schedule(config.sft_learning_rate, config.sft_steps, max(1, config.sft_steps // 10))
     backend = _StepRowsBackend(logger, _SFT_SOURCES, lambda step, seconds: {
         "stage": "sft", "learning_rate": float(lr(step - 1)), "seconds_per_step": seconds})
     training_config = peft_trainer.TrainingConfig(
         eval_every_n_steps=10**9, max_steps=config.sft_steps,
-        checkpoint_root_directory=str(checkpoint_dir),
+        checkpoint_root_directory=str(directory),
         checkpointing_options=_checkpoint_options(config),
         metrics_logging_options=_logging_options(run_dir / "tensorboard" / "sft", backend),
         pbar_description="SFT",
@@ -375,7 +392,7 @@ def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequ
     else:
         trainer.close()
     return StageResult("sft", start, trainer.train_steps, config.sft_steps, time.perf_counter() - started,
-                       deadline.expired(), checkpoint_dir, logger.path)
+                       deadline.expired(), directory, logger.path)
 
 
 def _until(batches: Iterator[Any], deadline: Deadline, skip: int) -> Iterator[Any]:
@@ -389,6 +406,28 @@ def _until(batches: Iterator[Any], deadline: Deadline, skip: int) -> Iterator[An
 
 
 # --- stage 2: GRPO ---------------------------------------------------------------------------
+
+
+GRPO_PHASES = {"rollout": "generate", "reference": "get_ref_per_token_logps",
+               "old_policy": "get_old_per_token_logps", "update": "update_actor"}
+
+
+def _time_phases(cluster: Any) -> dict[str, list[float]]:
+    """Time each call of the cluster's rollout, reference log-probs and actor update."""
+    timings: dict[str, list[float]] = {name: [] for name in GRPO_PHASES}
+
+    def timed(name: str, method: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                timings[name].append(time.perf_counter() - began)
+        return wrapper
+
+    for name, attribute in GRPO_PHASES.items():
+        setattr(cluster, attribute, timed(name, getattr(cluster, attribute)))
+    return timings
 
 
 def make_reference(base: Any, actor: Any, config: TrainingConfig, mesh: Any = None) -> Any:
@@ -460,20 +499,17 @@ def grpo_batches(order: Sequence[Any], config: TrainingConfig, *, rollout_config
         }
 
 
-def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, step_fn: Callable[[], int]) -> Callable[..., dict]:
+def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequence[Callable]) -> Callable[..., dict]:
     """A Tunix metric function: the course's per-step numbers beyond what Tunix logs itself.
 
-    Reward mean/std per component, share of groups whose G rewards all tie (zero advantage:
-    no learning signal), truncation rate, curriculum phase index, reward weights, batch index.
+    Reward mean/std in total and per component (the breakdowns the reward functions just paid,
+    `reward_fns[0].last_breakdowns()`), the share of groups whose G rewards all tie (zero
+    advantage: no learning signal), truncation rate, reward weights, batch index.
     """
-    from course_utils.rewards import annealed_weights, composite_reward
-
     tok = _tokenizer_adapter(tokenizer)
 
     def metrics(prompts: list[str], completions: list[str], rewards: Any, advantages: Any,
-                answer: Sequence[str] = (), **kwargs: Any) -> dict[str, tuple[float, Callable]]:
-        step = step_fn()
-        weights = annealed_weights(config, step) if config.anneal_reward_weights else config.reward_weights
+                **kwargs: Any) -> dict[str, tuple[float, Callable]]:
         grouped = np.asarray(rewards, dtype=np.float64).reshape(-1, config.num_generations)
         out: dict[str, tuple[float, Callable]] = {
             "course/reward_mean": (float(grouped.mean()), np.mean),
@@ -482,15 +518,18 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, step_fn: Callable[
         }
         lengths = [len(tok.encode(c)) for c in completions]
         out["course/truncation_rate"] = (float(np.mean([n >= config.max_generation_length for n in lengths])), np.mean)
+        breakdowns = reward_fns[0].last_breakdowns() if reward_fns else []
         parts: dict[str, list[float]] = {}
-        for completion, gold in zip(completions, answer):
-            for name, value in composite_reward(completion, gold, weights=weights).components.items():
+        for breakdown in breakdowns:
+            for name, value in breakdown.components.items():
                 parts.setdefault(name, []).append(float(value))
         for name, values in parts.items():
             out[f"course/reward_{name}_mean"] = (float(np.mean(values)), np.mean)
             out[f"course/reward_{name}_std"] = (float(np.std(values)), np.mean)
-        for name, value in weights.items():
-            out[f"course/weight_{name}"] = (float(value), np.mean)
+        if breakdowns:
+            for name, value in breakdowns[0].weights.items():
+                out[f"course/weight_{name}"] = (float(value), np.mean)
+            out["course/accuracy"] = (float(np.mean([b.correct for b in breakdowns])), np.mean)
         if "batch_index" in kwargs:
             out["course/batch_index"] = (float(np.min(kwargs["batch_index"])), np.min)
         return out
@@ -514,8 +553,8 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
     from course_utils.rewards import make_reward_fns
 
     run_dir = Path(run_dir)
-    checkpoint_dir = run_dir / "checkpoints" / "grpo" / "actor"  # RLCluster adds "actor"
-    _check_fingerprint(checkpoint_dir, config, "grpo", allow_config_change)
+    directory = checkpoint_dir(run_dir, "grpo")
+    _check_fingerprint(directory, config, "grpo", allow_config_change)
     logger = MetricsLogger(run_dir, "grpo")
     lr = learning_rate_schedule(config.learning_rate, config.max_steps, config.warmup_steps)
     backend = _StepRowsBackend(logger, _GRPO_SOURCES, lambda step, seconds: {
@@ -531,7 +570,7 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
                                        warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm),
         eval_every_n_steps=10**9, max_steps=config.max_steps,
         mini_batch_size=config.mini_batch_size, train_micro_batch_size=config.micro_batch_size,
-        checkpoint_root_directory=str(checkpoint_dir.parent), checkpointing_options=_checkpoint_options(config),
+        checkpoint_root_directory=str(directory.parent), checkpointing_options=_checkpoint_options(config),
         metrics_logging_options=_logging_options(run_dir / "tensorboard" / "grpo", backend),
         pbar_description="GRPO",
     )
@@ -544,19 +583,21 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
             training_config=training_config, rollout_config=rollout_config,
         ),
     )
-    step_fn = lambda: int(cluster.global_steps)  # noqa: E731 - read by the annealed rewards
+    timings = _time_phases(cluster)
+    # The annealed weights follow optimiser steps (units of config.max_steps).
+    reward_fns = make_reward_fns(config, step_fn=lambda: int(cluster.actor_trainer.train_steps))
     learner = GRPOLearner(
         rl_cluster=cluster,
         algo_config=GRPOConfig(num_generations=config.num_generations, num_iterations=config.num_iterations,
                                beta=config.beta, epsilon=config.epsilon, kl_loss_mode=config.kl_loss_mode),
-        reward_fns=make_reward_fns(config, step_fn=step_fn),
-        metric_fns=[grpo_step_metrics(config, tokenizer, step_fn)],
+        reward_fns=reward_fns,
+        metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns)],
     )
     trainer = cluster.actor_trainer
     _install_sidecar(trainer, "grpo", config, logger, lambda step: phase_of_step(step, config))
     start = int(trainer.train_steps)
     per_batch = config.max_steps / grpo_batch_count(config)
-    cluster.global_steps = int(start // per_batch)  # batches done; the annealing reads it
+    cluster.global_steps = int(start // per_batch)  # batches done (Tunix 0.1.7's last save omits it)
     logger.resume(start)
     order = curriculum(prompts_that_fit(examples, tokenizer, config), config)
     deadline = deadline or Deadline(config.time_budget_minutes)
@@ -569,7 +610,7 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
         cluster.close()
     end = int(trainer.train_steps)
     return StageResult("grpo", start, end, config.max_steps, time.perf_counter() - started,
-                       deadline.expired(), checkpoint_dir, logger.path)
+                       deadline.expired(), directory, logger.path, timings)
 
 
 # --- the whole of part 06 from the command line -------------------------------------------------
