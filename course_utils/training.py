@@ -330,14 +330,20 @@ def sft_batches(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig)
     if not examples:
         raise ValueError("SFT needs training examples; load_splits(config)['train'] is empty")
     pad = _tokenizer_adapter(tokenizer).pad_id()
-    order = list(examples)
-    random.Random(config.seed + 1).shuffle(order)
     size, length = config.sft_batch_size, config.sft_max_length
+    # A cut-off target would teach the model never to close its answer: leave those out.
+    encoded = [sft_example_tokens(e, tokenizer, length + 1) for e in examples]
+    fitting = [pair for pair in encoded if len(pair[0]) <= length]
+    if not fitting:
+        raise ValueError(f"no SFT example fits sft_max_length={length} tokens; raise it in the config")
+    if len(fitting) < len(encoded):
+        print(f"sft: left out {len(encoded) - len(fitting)} of {len(encoded)} examples longer than {length} tokens")
+    random.Random(config.seed + 1).shuffle(fitting)
     for step in range(config.sft_steps):
         tokens = np.full((size, length), pad, np.int32)
         mask = np.zeros((size, length), np.int32)
         for row in range(size):
-            t, m = sft_example_tokens(order[(step * size + row) % len(order)], tokenizer, length)
+            t, m = fitting[(step * size + row) % len(fitting)]
             tokens[row, : len(t)], mask[row, : len(m)] = t, m
         yield peft_trainer.TrainingInput(input_tokens=tokens, input_mask=mask)
 

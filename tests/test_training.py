@@ -161,20 +161,18 @@ def _rows(run_dir: Path, stage: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_training_killed_mid_grpo_resumes_without_repeating_or_skipping(tmp_path):
-    from course_utils.checkpoints import latest_checkpoint
-
     run = tmp_path / "run"
     proc = _run(run)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        ckpt = latest_checkpoint(run / "checkpoints" / "grpo" / "actor")
+        ckpt = training.latest_stage_checkpoint(run, "grpo")
         if ckpt is not None and ckpt.step >= 2 and len(_rows(run, "grpo")) >= 2:
             break
         time.sleep(0.2)
     assert proc.poll() is None, "training ended before it could be killed:\n" + proc.stdout.read()[-3000:]
     proc.send_signal(signal.SIGKILL)  # a real kill, as when a Kaggle session dies
     proc.wait()
-    killed_at = latest_checkpoint(run / "checkpoints" / "grpo" / "actor").step
+    killed_at = training.latest_stage_checkpoint(run, "grpo").step
     assert 2 <= killed_at < STEPS
 
     resumed = _run(run)
@@ -188,7 +186,7 @@ def test_training_killed_mid_grpo_resumes_without_repeating_or_skipping(tmp_path
     assert [int(r["batch_index"]) for r in rows] == list(range(STEPS))  # the same data position
     assert [r["phase"] for r in rows] == ["easy"] * 2 + ["medium"] * 2 + ["hard"] * 2
     assert [r["step"] for r in _rows(run, "sft")] == list(range(1, SMOKE.sft_steps + 1))
-    final = latest_checkpoint(run / "checkpoints" / "grpo" / "actor")
+    final = training.latest_stage_checkpoint(run, "grpo")
     assert final.step == STEPS and final.stage == "grpo" and final.sidecar["global_step"] == STEPS
     assert final.fingerprint and final.sidecar["metrics_rows"] >= killed_at
     assert (run / "metrics_grpo.csv").read_text().count("\n") == STEPS + 1
@@ -196,8 +194,6 @@ def test_training_killed_mid_grpo_resumes_without_repeating_or_skipping(tmp_path
 
 @pytest.mark.slow
 def test_time_budget_stops_cleanly_with_a_checkpoint_and_the_next_session_continues(tmp_path):
-    from course_utils.checkpoints import latest_checkpoint
-
     run = tmp_path / "run"
     run.mkdir()
     # A budget that expires during SFT: SFT ends early with a checkpoint, GRPO does nothing.
@@ -207,7 +203,7 @@ def test_time_budget_stops_cleanly_with_a_checkpoint_and_the_next_session_contin
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "time budget" in out.stdout and "run this part again" in out.stdout
-    stopped = latest_checkpoint(run / "checkpoints" / "sft")
+    stopped = training.latest_stage_checkpoint(run, "sft")
     assert stopped is not None and stopped.step < 6 and stopped.stage == "sft"
     # The next session, with a new budget (allowed to change), finishes both stages.
     dataclasses.replace(SMOKE, sft_steps=6, time_budget_minutes=None).save(run / "config.json")
@@ -215,5 +211,5 @@ def test_time_budget_stops_cleanly_with_a_checkpoint_and_the_next_session_contin
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"sft: steps {stopped.step}→6 of 6" in out.stdout
-    assert latest_checkpoint(run / "checkpoints" / "grpo" / "actor").step == SMOKE.max_steps
+    assert training.latest_stage_checkpoint(run, "grpo").step == SMOKE.max_steps
     assert [r["step"] for r in _rows(run, "sft")] == list(range(1, 7))

@@ -1,0 +1,1249 @@
+"""Honest evaluation: metrics with confidence intervals, error analysis, side-by-side tables (part 07).
+
+Everything below the "generation" section works on plain lists of (reply, gold answer) pairs,
+so it can be tested and reused without a model:
+
+>>> rows = score_replies(["<reasoning>6*7=42</reasoning><answer>42</answer>"], ["42"])
+>>> rows[0]["strict"], rows[0]["error"]
+(True, 'correct')
+
+Metrics per reply (each averaged over problems, each with a bootstrap 95 % interval):
+
+* ``strict`` — `course_utils.rewards.is_correct`: the answer inside ``<answer>…</answer>`` equals
+  the gold answer (numerically).
+* ``lenient`` — the *last number anywhere* in the reply equals the gold answer (the tags are
+  ignored; this is what a reader skimming the reply would take as its answer).
+* ``format`` — the reply is exactly ``<reasoning>…</reasoning><answer>…</answer>`` (see
+  `format_ok`).
+* ``partial`` — the tagged answer is a number within 10 % of the gold answer (Tunix's GRPO demo
+  calls this partial accuracy).
+* ``reward`` and ``reward_<component>`` — the composite reward of part 03 and its components.
+* ``length_tokens`` — the reply's length in tokens (re-tokenised), ``length_chars`` in characters.
+
+Every reply also gets exactly one ``error`` category, checked in this order:
+
+======================  =======================================================================
+``correct``             ``strict`` is true.
+``truncated``           the reply reached the generation limit (``max_new_tokens``, within
+                        `TRUNCATION_SLACK`) without ending on a closed ``</answer>``: it ran
+                        out of room, or never stopped (an echoed prompt that quotes the tags
+                        does not count as closing the answer).
+``no_answer``           it ended by itself, has no tagged answer and no number anywhere.
+``format_broken``       it ended by itself but is not format-compliant (tags missing, repeated,
+                        out of order, empty, or text after ``</answer>``).
+``wrong_arithmetic``    format-compliant, wrong answer, and at least one written calculation
+                        ``a op b … = c`` in it is false (`check_arithmetic`).
+``wrong_answer``        format-compliant, wrong answer, every checkable calculation right:
+                        the set-up or the reasoning is wrong, not the arithmetic.
+======================  =======================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+ERROR_CATEGORIES = ("correct", "truncated", "no_answer", "format_broken", "wrong_arithmetic", "wrong_answer")
+# The per-reply 0/1 or real-valued scores that get a mean and a bootstrap interval.
+BASE_METRICS = ("strict", "lenient", "format", "partial", "reward")
+METRIC_LABELS = {
+    "strict": "strict accuracy",
+    "lenient": "lenient accuracy",
+    "format": "format compliance",
+    "partial": "partial accuracy (±10 %)",
+    "reward": "composite reward",
+    "length_tokens": "mean length (tokens)",
+    "length_chars": "mean length (characters)",
+}
+# A reply counts as having hit the limit when its re-tokenised length is at least
+# max_new_tokens − slack: decoding and re-encoding can merge a token or two differently.
+TRUNCATION_SLACK = 2
+PARTIAL_TOLERANCE = 0.10
+RESULTS_DIR = "eval"
+_MAX_NUMBER_DIGITS = 30  # longer digit runs are not treated as numbers in arithmetic checks
+_MAX_TERMS = 32
+
+
+# ================================================================================================
+# Numbers in free text (linear time)
+# ================================================================================================
+
+_DIGITS = frozenset("0123456789")
+_MINUS = frozenset("-\u2212")
+
+
+def _scan_number(text: str, i: int) -> tuple[int, str, int]:
+    """Scan the number starting at `text[i]` (a digit, or '.' before a digit).
+
+    Returns (end index, normalised digits without sign or commas, decimals). Thousands groups
+    (``1,234,567``) are joined only when every group after the first has exactly three digits and
+    the first has at most three; ``1,2`` is two numbers. Each character is looked at a bounded
+    number of times, so a whole text scans in linear time.
+    """
+    n = len(text)
+    j = i
+    while j < n and text[j] in _DIGITS:
+        j += 1
+    whole = text[i:j]
+    if 0 < len(whole) <= 3:
+        groups = [whole]
+        k = j
+        while (k + 3 < n and text[k] == "," and text[k + 1] in _DIGITS and text[k + 2] in _DIGITS
+               and text[k + 3] in _DIGITS and (k + 4 >= n or text[k + 4] not in _DIGITS)):
+            groups.append(text[k + 1:k + 4])
+            k += 4
+        if len(groups) > 1:
+            whole, j = "".join(groups), k
+    decimals = ""
+    if j + 1 < n and text[j] == "." and text[j + 1] in _DIGITS:
+        k = j + 1
+        while k < n and text[k] in _DIGITS:
+            k += 1
+        decimals, j = text[j + 1:k], k
+    digits = (whole or "0") + ("." + decimals if decimals else "")
+    return j, digits, len(decimals)
+
+
+def _is_number_start(text: str, i: int) -> bool:
+    c = text[i]
+    if c in _DIGITS:
+        return i == 0 or text[i - 1] not in _DIGITS
+    return (c == "." and i + 1 < len(text) and text[i + 1] in _DIGITS
+            and (i == 0 or text[i - 1] not in _DIGITS))
+
+
+def extract_numbers(text: str) -> list[str]:
+    """Every number in `text`, in order, normalised (part 07): ``"-1,234.50"`` → ``"-1234.50"``.
+
+    A minus sign counts when it touches the digits and does not follow a letter, digit or closing
+    bracket (``"5-3"`` is 5 and 3, ``"= -3"`` is −3). ``$``, ``%`` and units around a number are
+    ignored. Runs in linear time on any input (no regular-expression backtracking); anything
+    that is not a string gives ``[]``.
+    """
+    if not isinstance(text, str):
+        return []
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if not _is_number_start(text, i):
+            i += 1
+            continue
+        start = i
+        i, digits, _ = _scan_number(text, i)
+        sign = ""
+        if start > 0 and text[start - 1] in _MINUS:
+            before = text[start - 2] if start >= 2 else " "
+            if not (before.isalnum() or before in ")]}" or before in _DIGITS):
+                sign = "-"
+        out.append(sign + digits)
+        # a version-like tail ("1.2.3") continues as a new number at the next digit
+    return out
+
+
+def last_number(text: str) -> str | None:
+    """The last number anywhere in `text` (normalised), or None (part 07)."""
+    found = extract_numbers(text)
+    return found[-1] if found else None
+
+
+def to_fraction(value: Any) -> Fraction | None:
+    """The exact value of a number written as text (``"1,080"``, ``"0.5"``, ``"3/4"``), or None."""
+    if value is None:
+        return None
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Fraction(value) if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    from course_utils.data import parse_number
+
+    parsed = parse_number(value)
+    if parsed is not None:
+        return parsed
+    found = extract_numbers(value) if len(value) < 200 else []
+    return Fraction(found[0]) if len(found) == 1 else None
+
+
+def numbers_equal(a: Any, b: Any) -> bool:
+    """True when both parse as numbers with exactly the same value (``"18.00"`` == ``"18"``)."""
+    x, y = to_fraction(a), to_fraction(b)
+    return x is not None and y is not None and x == y
+
+
+def within_tolerance(prediction: Any, gold: Any, tolerance: float = PARTIAL_TOLERANCE) -> bool:
+    """True when `prediction` is within ±`tolerance` (relative) of `gold`; gold 0 needs exactly 0."""
+    x, y = to_fraction(prediction), to_fraction(gold)
+    if x is None or y is None:
+        return False
+    if y == 0:
+        return x == 0
+    return abs(x - y) <= Fraction(tolerance).limit_denominator(10**6) * abs(y)
+
+
+# ================================================================================================
+# Arithmetic written in a reply
+# ================================================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class Calculation:
+    """One written calculation ``left = right`` found in a reply, and whether it holds."""
+
+    text: str
+    left: Fraction
+    right: Fraction
+    ok: bool
+
+
+_OPS = {"+": "+", "-": "-", "\u2212": "-", "*": "*", "\u00d7": "*", "\u22c5": "*", "/": "/", "\u00f7": "/"}
+
+
+def _arith_tokens(text: str) -> list[tuple]:
+    """Tokens for `check_arithmetic`: ('num', value, decimals, percent, start, end), ('op', c,
+    start), ('eq', start), ('break',). Whitespace and '$' are skipped; anything else breaks."""
+    tokens: list[tuple] = []
+    i, n = 0, len(text)
+
+    def push_break() -> None:
+        if tokens and tokens[-1][0] != "break":
+            tokens.append(("break",))
+
+    while i < n:
+        c = text[i]
+        if _is_number_start(text, i):
+            start = i
+            end, digits, decimals = _scan_number(text, i)
+            percent = end < n and text[end] == "%"
+            if len(digits.replace(".", "")) > _MAX_NUMBER_DIGITS or (tokens and tokens[-1][0] == "num"):
+                push_break()  # absurd length, or two numbers in a row ("3 4"): not arithmetic
+                tokens.append(("num", None, 0, True, start, end))
+            else:
+                tokens.append(("num", Fraction(digits), decimals, percent, start, end))
+            i = end + (1 if percent else 0)
+        elif c in " \t$":
+            i += 1
+        elif c in _OPS:
+            tokens.append(("op", _OPS[c], i))
+            i += 1
+        elif c in "xX" and tokens and tokens[-1][0] == "num":
+            k = i + 1
+            while k < n and text[k] in " \t$":
+                k += 1
+            if k < n and text[k] in _DIGITS:  # "3 x 4": multiplication
+                tokens.append(("op", "*", i))
+            else:
+                push_break()
+            i += 1
+        elif c == "=":
+            tokens.append(("eq", i))
+            i += 1
+        else:
+            push_break()
+            i += 1
+    return tokens
+
+
+def _parse_side(part: list[tuple]) -> tuple[Fraction | None, int, bool]:
+    """(value, operator count, valid) of a flat expression like ``-3 + 4 * 2``; None value for
+    division by zero or a percent sign (not judged)."""
+    if not part:
+        return None, 0, False
+    values: list[Fraction] = []
+    ops: list[str] = []
+    expect_num, negate, skip = True, False, False
+    for tok in part:
+        if expect_num:
+            if tok[0] == "op" and tok[1] == "-" and not negate:
+                negate = True
+                continue
+            if tok[0] != "num":
+                return None, 0, False
+            if tok[1] is None or tok[3]:
+                skip = True
+                values.append(Fraction(0))
+            else:
+                values.append(-tok[1] if negate else tok[1])
+            negate, expect_num = False, False
+        else:
+            if tok[0] != "op":
+                return None, 0, False
+            ops.append(tok[1])
+            expect_num = True
+    if expect_num or len(values) > _MAX_TERMS:
+        return None, 0, False
+    if skip:
+        return None, len(ops), True
+    # * and / first, left to right; then + and -.
+    terms, signs = [values[0]], []
+    for op, v in zip(ops, values[1:]):
+        if op == "*":
+            terms[-1] = terms[-1] * v
+        elif op == "/":
+            if v == 0:
+                return None, len(ops), True
+            terms[-1] = terms[-1] / v
+        else:
+            signs.append(op)
+            terms.append(v)
+    total = terms[0]
+    for op, v in zip(signs, terms[1:]):
+        total = total + v if op == "+" else total - v
+    return total, len(ops), True
+
+
+def _agrees(actual: Fraction, claimed: Fraction, decimals: int) -> bool:
+    """An exact result must be written exactly; a non-integer may be rounded (to nearest) or cut
+    to the number of decimals written: ``10/3 = 3.33`` and ``2/3 = 0.66`` hold, ``10/3 = 3.4`` not."""
+    if actual == claimed:
+        return True
+    if actual.denominator == 1:
+        return False
+    scale = 10**decimals
+    scaled, written = abs(actual) * scale, claimed * scale * (1 if actual > 0 else -1)
+    if written.denominator != 1:
+        return False
+    candidates = {math.floor(scaled), math.floor(scaled + Fraction(1, 2)), round(scaled)}
+    return int(written) in candidates
+
+
+def check_arithmetic(text: str) -> list[Calculation]:
+    """Every written calculation in `text` with its truth (part 07).
+
+    Finds chains ``e₁ = e₂ (= e₃ …)`` of flat expressions of numbers and ``+ − × * / ÷ x``
+    (``$`` ignored, no brackets) and judges each neighbouring pair in which the left side has an
+    operator: ``48/2 = 24`` holds, ``3 + 4 = 8`` does not, ``2 + 3 + 4 = 9`` holds (the whole left
+    side counts, with × and / before + and −). Percentages, division by zero and anything
+    interrupted by words are not judged. Nothing is ever passed to ``eval``.
+    """
+    if not isinstance(text, str):
+        return []
+    tokens = _arith_tokens(text)
+    found: list[Calculation] = []
+    segment: list[tuple] = []
+    for tok in [*tokens, ("break",)]:
+        if tok[0] != "break":
+            segment.append(tok)
+            continue
+        if any(t[0] == "eq" for t in segment):
+            parts: list[list[tuple]] = [[]]
+            for t in segment:
+                if t[0] == "eq":
+                    parts.append([])
+                else:
+                    parts[-1].append(t)
+            sides = [_parse_side(p) for p in parts]
+            for (left, n_ops, ok_l), (right, _, ok_r), lp, rp in zip(sides, sides[1:], parts, parts[1:]):
+                if not (ok_l and ok_r) or n_ops == 0 or left is None or right is None:
+                    continue
+                decimals = max((t[2] for t in rp if t[0] == "num"), default=0)
+                start = next(t[4] if t[0] == "num" else t[2] for t in lp)
+                end = max(t[5] for t in rp if t[0] == "num")
+                found.append(Calculation(" ".join(text[start:end].split()), left, right,
+                                         _agrees(left, right, decimals)))
+        segment = []
+    return found
+
+
+# ================================================================================================
+# Format
+# ================================================================================================
+
+def format_ok(response: Any) -> bool:
+    """True when the reply is exactly ``<reasoning>R</reasoning><answer>A</answer>`` (part 07):
+    each tag once, in that order, R and A not blank, nothing but whitespace around them (a
+    trailing ``<end_of_turn>`` is allowed) — i.e. part 03's `format_reward` gives full marks."""
+    from course_utils import rewards
+
+    return rewards.format_reward(response) >= 1.0
+
+
+# ================================================================================================
+# Scoring one reply
+# ================================================================================================
+
+
+def _reward_parts(response: str, gold: str, weights: Mapping[str, float] | None, config: Any,
+                  difficulty: str | None) -> tuple[float, dict[str, float]]:
+    from course_utils import rewards
+
+    breakdown = rewards.composite_reward(response, gold, weights=dict(weights) if weights else None,
+                                         config=config, difficulty=difficulty)
+    parts = {str(k): float(v) for k, v in breakdown.components.items()}
+    return float(breakdown.total), parts
+
+
+def _ends_with_answer(text: str) -> bool:
+    """True when the reply's last non-blank text is a closing ``</answer>`` (end markers aside)."""
+    s = text.rstrip()
+    for marker in ("<end_of_turn>", "<eos>"):
+        if s.endswith(marker):
+            s = s[: -len(marker)].rstrip()
+    return s.endswith("</answer>")
+
+
+def error_category(*, strict: bool, truncated: bool, has_number: bool, tagged_answer: str | None,
+                   formatted: bool, arithmetic_wrong: bool) -> str:
+    """The one error category of a reply (see the module docstring for the definitions)."""
+    if strict:
+        return "correct"
+    if truncated:
+        return "truncated"
+    if tagged_answer is None and not has_number:
+        return "no_answer"
+    if not formatted:
+        return "format_broken"
+    return "wrong_arithmetic" if arithmetic_wrong else "wrong_answer"
+
+
+def score_reply(response: Any, gold: str, *, weights: Mapping[str, float] | None = None, config: Any = None,
+                difficulty: str | None = None, n_tokens: int | None = None,
+                max_new_tokens: int | None = None) -> dict[str, Any]:
+    """All scores of one reply against the gold answer, as a flat dict (part 07).
+
+    The composite reward is part 03's `composite_reward` with `weights` (default: the config's
+    static weights), `config` (default `TrainingConfig()`) and the problem's `difficulty`.
+    `n_tokens` (the reply's length in tokens) and `max_new_tokens` (the generation limit) decide
+    ``truncated``; without them a reply is never called truncated. Any input is handled: a
+    non-string reply scores as empty, never raises.
+    """
+    from course_utils import rewards
+
+    text = response if isinstance(response, str) else ""
+    gold = str(gold)
+    strict = bool(rewards.is_correct(text, gold))
+    tagged = rewards.extract_answer(text)
+    tagged = tagged if isinstance(tagged, str) and tagged.strip() else None
+    last = last_number(text)
+    formatted = format_ok(text)
+    calculations = check_arithmetic(text)
+    wrong = [c.text for c in calculations if not c.ok]
+    truncated = (n_tokens is not None and max_new_tokens is not None
+                 and n_tokens >= max_new_tokens - TRUNCATION_SLACK and not _ends_with_answer(text))
+    total, parts = _reward_parts(text, gold, weights, config, difficulty)
+    row: dict[str, Any] = {
+        "strict": strict,
+        "lenient": last is not None and numbers_equal(last, gold),
+        "format": formatted,
+        "partial": tagged is not None and within_tolerance(tagged, gold),
+        "reward": total,
+        **{f"reward_{k}": v for k, v in parts.items()},
+        "length_chars": len(text),
+        "answer": tagged,
+        "last_number": last,
+        "truncated": bool(truncated),
+        "calculations": len(calculations),
+        "wrong_calculations": wrong[:5],
+    }
+    if n_tokens is not None:
+        row["length_tokens"] = int(n_tokens)
+    row["error"] = error_category(strict=strict, truncated=row["truncated"], has_number=last is not None,
+                                  tagged_answer=tagged, formatted=formatted, arithmetic_wrong=bool(wrong))
+    return row
+
+
+def score_replies(responses: Sequence[Any], golds: Sequence[str], *, weights: Mapping[str, float] | None = None,
+                  config: Any = None, difficulties: Sequence[str | None] | None = None,
+                  n_tokens: Sequence[int] | None = None, max_new_tokens: int | None = None) -> list[dict[str, Any]]:
+    """`score_reply` for each (reply, gold) pair (part 07)."""
+    if len(responses) != len(golds):
+        raise ValueError(f"{len(responses)} replies but {len(golds)} gold answers: they must pair up one to one.")
+    for name, values in (("n_tokens", n_tokens), ("difficulties", difficulties)):
+        if values is not None and len(values) != len(responses):
+            raise ValueError(f"{name} has {len(values)} entries for {len(responses)} replies.")
+    return [score_reply(r, g, weights=weights, config=config,
+                        difficulty=None if difficulties is None else difficulties[i],
+                        n_tokens=None if n_tokens is None else n_tokens[i], max_new_tokens=max_new_tokens)
+            for i, (r, g) in enumerate(zip(responses, golds))]
+
+
+def error_breakdown(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many replies fall in each error category (all categories present, zeros included)."""
+    counts = dict.fromkeys(ERROR_CATEGORIES, 0)
+    for row in rows:
+        counts[row["error"]] = counts.get(row["error"], 0) + 1
+    return counts
+
+
+# ================================================================================================
+# Statistics: bootstrap intervals, paired differences, pass@k, maj@k
+# ================================================================================================
+
+
+def _as_matrix(values: Any) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(f"values must be 1-D (n,) or 2-D (n, metrics), got shape {array.shape}")
+    return array
+
+
+def _resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """How often each of n items is drawn in each bootstrap resample: (n_resamples, n)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+
+
+def bootstrap_ci(values: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` and its percentile-bootstrap interval (part 07).
+
+    Vectorised: all resamples at once as a (resamples × n) count matrix times the values.
+    Seeded, so the same inputs always give the same interval. NaNs are dropped; no values give
+    (nan, nan, nan); one value gives a zero-width interval.
+    """
+    return bootstrap_many(values, n_resamples=n_resamples, confidence=confidence, seed=seed)[0]
+
+
+def bootstrap_many(values: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
+                   seed: int = 0) -> list[tuple[float, float, float]]:
+    """`bootstrap_ci` for each column of an (n, metrics) array, sharing the same resamples.
+    Rows holding a NaN in a column are left out of that column only."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must be between 0 and 1, e.g. 0.95")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples={n_resamples} must be >= 1")
+    matrix = _as_matrix(values)
+    out = []
+    alpha = (1 - confidence) / 2
+    for column in matrix.T:
+        column = column[~np.isnan(column)]
+        n = column.size
+        if n == 0:
+            out.append((math.nan, math.nan, math.nan))
+            continue
+        mean = float(column.mean())
+        if n == 1:
+            out.append((mean, mean, mean))
+            continue
+        means = _resample_counts(n, n_resamples, seed) @ column / n
+        low, high = np.quantile(means, [alpha, 1 - alpha])
+        out.append((mean, float(min(low, mean)), float(max(high, mean))))
+    return out
+
+
+def paired_bootstrap(a: Any, b: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
+                     seed: int = 0) -> dict[str, float]:
+    """The difference mean(b) − mean(a) on the *same* problems, with a paired bootstrap interval.
+
+    Each resample draws problems (not replies of one model), so the problem-to-problem variation
+    both models share cancels out: e.g. "GRPO gain over SFT" with a 95 % interval.
+    `p_not_better` is the share of resamples in which b is not better than a (≈ a one-sided
+    p-value). Pairs with a NaN on either side are dropped.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"a and b must be 1-D scores of the same problems, got shapes {x.shape} and {y.shape}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    d = y[keep] - x[keep]
+    n = d.size
+    if n == 0:
+        return {"difference": math.nan, "low": math.nan, "high": math.nan, "p_not_better": math.nan, "n": 0}
+    diff = float(d.mean())
+    if n == 1:
+        return {"difference": diff, "low": diff, "high": diff, "p_not_better": float(diff <= 0), "n": 1}
+    means = _resample_counts(n, n_resamples, seed) @ d / n
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return {"difference": diff, "low": float(min(low, diff)), "high": float(max(high, diff)),
+            "p_not_better": float(np.mean(means <= 0)), "n": int(n)}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021): the chance that
+    at least one of k samples drawn without replacement is correct, 1 − C(n−c, k) / C(n, k),
+    computed as a stable product."""
+    if not (isinstance(n, (int, np.integer)) and isinstance(c, (int, np.integer)) and isinstance(k, (int, np.integer))):
+        raise TypeError("n, c and k must be integers")
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def majority_answer(answers: Sequence[str | None]) -> str | None:
+    """The most frequent answer by value (``"18"`` and ``"18.00"`` are one vote), ignoring None;
+    a tie goes to the answer seen first. None when no sample answered."""
+    tally: dict[Any, list] = {}
+    for index, answer in enumerate(answers):
+        if answer is None:
+            continue
+        value = to_fraction(answer)
+        key = ("v", value) if value is not None else ("s", " ".join(str(answer).split()))
+        if key not in tally:
+            tally[key] = [0, index, answer]
+        tally[key][0] += 1
+    if not tally:
+        return None
+    return max(tally.values(), key=lambda t: (t[0], -t[1]))[2]
+
+
+def sampled_scores(samples: Sequence[Sequence[str]], golds: Sequence[str], k: int | None = None) -> list[dict[str, Any]]:
+    """Per problem, from its sampled replies: pass@k (unbiased), maj@k (majority of the tagged
+    answers is right) and pass@1 (share of correct samples) (part 07)."""
+    from course_utils import rewards
+
+    if len(samples) != len(golds):
+        raise ValueError(f"{len(samples)} sample lists but {len(golds)} gold answers")
+    out = []
+    for replies, gold in zip(samples, golds):
+        replies = list(replies)
+        n = len(replies)
+        if n == 0:
+            raise ValueError("every problem needs at least one sampled reply")
+        kk = n if k is None else k
+        if not 1 <= kk <= n:
+            raise ValueError(f"k={kk} must be between 1 and the number of samples ({n})")
+        correct = [bool(rewards.is_correct(r if isinstance(r, str) else "", str(gold))) for r in replies]
+        answers = [rewards.extract_answer(r) if isinstance(r, str) else None for r in replies[:kk]]
+        vote = majority_answer(answers)
+        out.append({"pass_at_k": pass_at_k(n, sum(correct), kk),
+                    "maj_at_k": vote is not None and numbers_equal(vote, gold),
+                    "pass_at_1": sum(correct) / n, "k": kk, "n": n, "majority": vote,
+                    "correct_samples": sum(correct)})
+    return out
+
+
+# ================================================================================================
+# Results of one model
+# ================================================================================================
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """One model's evaluation (part 07): per-problem rows, metrics with intervals, settings.
+
+    `rows[i]` holds the question, gold answer, reply and every score of problem i (and its
+    sampled replies' scores when sampled decoding ran). `metrics[name]` is
+    ``{"mean", "low", "high", "n"}``; `errors` counts the error categories.
+    """
+
+    name: str
+    rows: list[dict[str, Any]]
+    metrics: dict[str, dict[str, float]]
+    errors: dict[str, int]
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def values(self, metric: str) -> np.ndarray:
+        """The per-problem values of `metric` (NaN where a problem lacks it), in problem order."""
+        source = [r.get("sampled", {}) if metric in ("pass_at_k", "maj_at_k", "pass_at_1") else r for r in self.rows]
+        return np.array([float(s[metric]) if metric in s and s[metric] is not None else math.nan
+                         for s in source], dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EvalResult":
+        return cls(name=data["name"], rows=list(data["rows"]), metrics=dict(data["metrics"]),
+                   errors=dict(data["errors"]), settings=dict(data.get("settings", {})))
+
+
+def metric_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The metrics present in `rows`, in display order."""
+    names = [m for m in BASE_METRICS if rows and m in rows[0]]
+    names += sorted({k for r in rows for k in r if k.startswith("reward_")})
+    names += [m for m in ("length_tokens", "length_chars") if rows and m in rows[0]]
+    if any("sampled" in r for r in rows):
+        names += ["pass_at_1", "pass_at_k", "maj_at_k"]
+    return names
+
+
+def summarize(name: str, rows: list[dict[str, Any]], *, settings: Mapping[str, Any] | None = None,
+              n_resamples: int = 2000, seed: int = 0) -> EvalResult:
+    """Means and bootstrap 95 % intervals of every metric in `rows` (part 07)."""
+    result = EvalResult(name, rows, {}, error_breakdown(rows), dict(settings or {}))
+    names = metric_names(rows)
+    matrix = np.stack([result.values(m) for m in names], axis=1) if names else np.zeros((len(rows), 0))
+    for metric, (mean, low, high), column in zip(names, bootstrap_many(matrix, n_resamples=n_resamples, seed=seed),
+                                                 matrix.T):
+        result.metrics[metric] = {"mean": mean, "low": low, "high": high, "n": int(np.sum(~np.isnan(column)))}
+    return result
+
+
+def evaluate_responses(name: str, examples: Sequence[Any], responses: Sequence[str], *,
+                       weights: Mapping[str, float] | None = None, config: Any = None,
+                       n_tokens: Sequence[int] | None = None,
+                       max_new_tokens: int | None = None, samples: Sequence[Sequence[str]] | None = None,
+                       k: int | None = None, settings: Mapping[str, Any] | None = None,
+                       seed: int = 0) -> EvalResult:
+    """Score replies already generated for `examples` (objects with `.question` and `.answer`, or
+    dicts with those keys) and summarise them (part 07). `samples[i]` are sampled replies to
+    problem i for pass@k / maj@k (may cover only the first problems)."""
+    questions = [_field(e, "question") for e in examples]
+    golds = [str(_field(e, "answer")) for e in examples]
+    difficulties = [_field(e, "difficulty", None) for e in examples]
+    rows = score_replies(responses, golds, weights=weights, config=config, difficulties=difficulties,
+                         n_tokens=n_tokens, max_new_tokens=max_new_tokens)
+    for row, example, question, gold, reply in zip(rows, examples, questions, golds, responses):
+        row.update(question=question, gold=gold, response=reply if isinstance(reply, str) else "",
+                   difficulty=_field(example, "difficulty", None))
+    if samples is not None:
+        settings = {"k": k or (len(samples[0]) if samples else None), **dict(settings or {})}
+        if len(samples) > len(rows):
+            raise ValueError(f"samples cover {len(samples)} problems but there are only {len(rows)}")
+        for row, scored, replies in zip(rows, sampled_scores(samples, golds[: len(samples)], k=k), samples):
+            row["sampled"] = {**scored, "replies": list(replies)}
+    return summarize(name, rows, settings=settings, seed=seed)
+
+
+def _field(item: Any, name: str, default: Any = ...) -> Any:
+    if isinstance(item, Mapping):
+        if name in item:
+            return item[name]
+    elif hasattr(item, name):
+        return getattr(item, name)
+    if default is ...:
+        raise ValueError(f"each example needs a {name!r} (an Example from course_utils.data, or a dict)")
+    return default
+
+
+# ================================================================================================
+# Generation (Tunix sampler through course_utils.generate)
+# ================================================================================================
+
+
+def _unpack(loaded_or_model: Any, tokenizer: Any, model_config: Any) -> tuple[Any, Any, Any]:
+    if hasattr(loaded_or_model, "model") and hasattr(loaded_or_model, "tokenizer"):
+        return (loaded_or_model.model, tokenizer or loaded_or_model.tokenizer,
+                model_config or getattr(loaded_or_model, "model_config", None))
+    if tokenizer is None or model_config is None:
+        raise ValueError("pass a LoadedModel, or a model together with its tokenizer and model_config")
+    return loaded_or_model, tokenizer, model_config
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    except ImportError:  # pragma: no cover - tqdm is pinned
+        class _Null:
+            def update(self, n: int) -> None: ...
+            def close(self) -> None: ...
+        return _Null()
+
+
+def generate_replies(model: Any, tokenizer: Any, model_config: Any, prompts: Sequence[str], config: Any, *,
+                     greedy: bool = True, seed: int = 0, batch_size: int | None = None,
+                     max_new_tokens: int | None = None, desc: str = "generating", progress: bool = True) -> list[str]:
+    """Replies to `prompts` in batches of `config.eval_batch_size` through `generate.generate`."""
+    from course_utils.generate import generate, step_seed
+
+    size = batch_size or config.eval_batch_size
+    out: list[str] = []
+    bar = _progress(len(prompts), desc, progress)
+    try:
+        for b, start in enumerate(range(0, len(prompts), size)):
+            chunk = list(prompts[start:start + size])
+            out.extend(generate(model, tokenizer, model_config, chunk, config, greedy=greedy,
+                                seed=step_seed(seed, b), max_new_tokens=max_new_tokens, batch_size=size))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return out
+
+
+def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Tokens per text, re-tokenised without BOS (a reply's length as the model wrote it, ±1)."""
+    return [len(tokenizer.encode(t)) if t else 0 for t in texts]
+
+
+def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: Any = None,
+                   examples: Sequence[Any] = (), config: Any = None, *, name: str = "model",
+                   k: int | None = None, sampled_examples: int | None = None, batch_size: int | None = None,
+                   max_new_tokens: int | None = None, seed: int | None = None, weights: Mapping[str, float] | None = None,
+                   checkpoint: Any = None, progress: bool = True) -> EvalResult:
+    """Generate and score `examples` with one model (part 07).
+
+    Greedy decoding (temperature 0) for the headline metrics, as the Kaggle Tunix competition
+    judged; then, when k = `k` or `config.eval_samples_k` is above 1, k sampled replies (with
+    `config.temperature`, `top_p`, `top_k`) for the first `sampled_examples` problems (default
+    `config.eval_sampled_examples`; None there means all) for pass@k and maj@k. Prompts are
+    `course_utils.data.build_prompt`, as in training. `checkpoint` (what the weights came from)
+    is recorded in the settings, so `reusable_result` can recognise the same evaluation later.
+    The composite reward uses `weights`, by default the config's static (un-annealed) weights.
+    """
+    from course_utils.data import build_prompt
+
+    if config is None:
+        raise ValueError("evaluate_model needs the run's TrainingConfig (config=...).")
+    if not examples:
+        raise ValueError("no examples to evaluate: pass load_splits(config)['test'] (or a slice of it).")
+    model, tokenizer, model_config = _unpack(loaded_or_model, tokenizer, model_config)
+    seed = config.seed if seed is None else seed
+    k = config.eval_samples_k if k is None else int(k)
+    limit = config.max_generation_length if max_new_tokens is None else int(max_new_tokens)
+    prompts = [build_prompt(_field(e, "question")) for e in examples]
+    started = time.perf_counter()
+    replies = generate_replies(model, tokenizer, model_config, prompts, config, greedy=True, batch_size=batch_size,
+                               max_new_tokens=limit, desc=f"{name}: greedy", progress=progress)
+    greedy_seconds = time.perf_counter() - started
+    # Re-tokenised lengths can exceed what was generated (a reply decodes to text that encodes
+    # differently); a reply never has more than `limit` tokens.
+    counts = [min(n, limit) for n in token_counts(tokenizer, replies)]
+    samples = None
+    sampled_seconds = 0.0
+    if sampled_examples is None:
+        sampled_examples = getattr(config, "eval_sampled_examples", None)
+    if k > 1:
+        m = len(examples) if sampled_examples is None else max(0, min(int(sampled_examples), len(examples)))
+        if m:
+            started = time.perf_counter()
+            per_round = [generate_replies(model, tokenizer, model_config, prompts[:m], config, greedy=False,
+                                          seed=seed * 7919 + r, batch_size=batch_size, max_new_tokens=limit,
+                                          desc=f"{name}: sample {r + 1}/{k}", progress=progress)
+                         for r in range(k)]
+            samples = [list(s) for s in zip(*per_round)]
+            sampled_seconds = time.perf_counter() - started
+    settings = {
+        "decoding": "greedy (temperature 0)", "max_new_tokens": limit, "examples": len(examples),
+        "k": k if samples else None, "sampled_examples": len(samples) if samples else 0,
+        "sampling": {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k} if samples else None,
+        "seconds_greedy": round(greedy_seconds, 2), "seconds_sampled": round(sampled_seconds, 2),
+        "tokens_per_second_greedy": round(sum(counts) / greedy_seconds, 1) if greedy_seconds > 0 else None,
+        "profile": getattr(config, "profile", None), "model": getattr(config, "model", None),
+        "config_fingerprint": config.fingerprint() if hasattr(config, "fingerprint") else None,
+        "hardware": hardware_description(),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+    }
+    return evaluate_responses(name, examples, replies, weights=weights, config=config, n_tokens=counts, max_new_tokens=limit, samples=samples, k=k if samples else None,
+                              settings=settings, seed=seed)
+
+
+def reusable_result(run_dir: str | os.PathLike, name: str, config: Any, examples: Sequence[Any], *,
+                    checkpoint: Any = None, k: int | None = None, sampled_examples: int | None = None,
+                    max_new_tokens: int | None = None) -> EvalResult | None:
+    """The result of `name` saved by an earlier run of part 07, if it was made under exactly these
+    settings (same config fingerprint, problems, k, lengths and checkpoint); else None."""
+    saved = {r.name: r for r in load_results(run_dir)}.get(name)
+    if saved is None:
+        return None
+    k = config.eval_samples_k if k is None else int(k)
+    if sampled_examples is None:
+        sampled_examples = getattr(config, "eval_sampled_examples", None)
+    m = len(examples) if sampled_examples is None else max(0, min(int(sampled_examples), len(examples)))
+    want = {"config_fingerprint": config.fingerprint(), "examples": len(examples),
+            "k": k if k > 1 and m else None, "sampled_examples": m if k > 1 else 0,
+            "max_new_tokens": config.max_generation_length if max_new_tokens is None else int(max_new_tokens),
+            "checkpoint": None if checkpoint is None else str(checkpoint)}
+    if any(saved.settings.get(key) != value for key, value in want.items()):
+        return None
+    if [r.get("question") for r in saved.rows] != [_field(e, "question") for e in examples]:
+        return None
+    return saved
+
+
+def hardware_description() -> str:
+    """e.g. "cpu × 1 (x86_64, 2 cores)" or "TPU v5 lite × 8" — for result tables and model cards."""
+    import platform
+
+    try:
+        import jax
+
+        devices = jax.devices()
+        kind = devices[0].device_kind
+        text = f"{kind} × {len(devices)}"
+    except Exception:  # JAX missing or no backend
+        text = "unknown accelerator"
+    if "cpu" in text.lower():
+        text += f" ({platform.machine()}, {os.cpu_count()} cores)"
+    return text
+
+
+# ================================================================================================
+# Several models side by side
+# ================================================================================================
+
+TABLE_METRICS = ("strict", "lenient", "format", "partial", "reward", "length_tokens", "pass_at_k", "maj_at_k")
+
+
+def _fmt(metric: str, stats: Mapping[str, float] | None) -> str:
+    if not stats or stats.get("mean") is None or (isinstance(stats["mean"], float) and math.isnan(stats["mean"])):
+        return "–"
+    mean, low, high = stats["mean"], stats["low"], stats["high"]
+    if metric.startswith("length"):
+        return f"{mean:.0f} [{low:.0f}, {high:.0f}]"
+    if metric.startswith("reward"):
+        return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{100 * mean:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _label(metric: str, results: Sequence[EvalResult]) -> str:
+    if metric in ("pass_at_k", "maj_at_k"):
+        ks = {r.settings.get("k") for r in results if r.settings.get("k")}
+        k = ks.pop() if len(ks) == 1 else "k"
+        return f"{'pass' if metric == 'pass_at_k' else 'maj'}@{k} (sampled)"
+    if metric.startswith("reward_"):
+        return f"reward: {metric[len('reward_'):]}"
+    return METRIC_LABELS.get(metric, metric)
+
+
+def comparison(results: Sequence[EvalResult], *, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Every model's metrics side by side, plus paired differences of each later model against
+    the first and against the one before it (e.g. SFT − baseline, GRPO − SFT), as JSON-ready data."""
+    if not results:
+        raise ValueError("no results to compare")
+    metrics: list[str] = []
+    for r in results:
+        metrics += [m for m in metric_names(r.rows) if m not in metrics]
+    table = {r.name: {m: r.metrics.get(m) for m in metrics} for r in results}
+    diffs: dict[str, dict[str, Any]] = {}
+    pairs = sorted({(0, j) for j in range(1, len(results))} | {(j - 1, j) for j in range(2, len(results))},
+                   key=lambda p: (p[1], p[0]))
+    for a, b in ((results[i], results[j]) for i, j in pairs):
+        if [r.get("question") for r in a.rows] != [r.get("question") for r in b.rows]:
+            continue  # not the same problems: no paired difference
+        diffs[f"{b.name} − {a.name}"] = {m: paired_bootstrap(a.values(m), b.values(m), n_resamples=n_resamples, seed=seed)
+                                         for m in metrics if m in a.metrics and m in b.metrics}
+    return {"models": [r.name for r in results], "metrics": metrics, "table": table, "differences": diffs,
+            "errors": {r.name: r.errors for r in results}, "settings": {r.name: r.settings for r in results}}
+
+
+def markdown_table(results: Sequence[EvalResult], metrics: Sequence[str] | None = None,
+                   data: Mapping[str, Any] | None = None) -> str:
+    """The side-by-side table as Markdown: one column per model, 95 % intervals in brackets,
+    then the paired differences and the error breakdown (part 07)."""
+    data = data or comparison(results)
+    chosen = [m for m in (metrics or TABLE_METRICS) if m in data["metrics"]]
+    names = data["models"]
+    n = {r.name: len(r.rows) for r in results}
+    lines = ["| metric | " + " | ".join(f"{name} (n={n[name]})" for name in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for m in chosen:
+        lines.append(f"| {_label(m, results)} | " + " | ".join(_fmt(m, data["table"][name].get(m)) for name in names) + " |")
+    if data["differences"]:
+        lines += ["", "| difference (paired bootstrap) | " + " | ".join(_label(m, results) for m in chosen) + " |",
+                  "|---|" + "---|" * len(chosen)]
+        for pair, per_metric in data["differences"].items():
+            cells = []
+            for m in chosen:
+                d = per_metric.get(m)
+                if d is None:
+                    cells.append("–")
+                    continue
+                scale, unit, places = ((1, "", 3) if m.startswith("reward") else (1, "", 0) if m.startswith("length")
+                                       else (100, " pt", 1))
+                cells.append(f"{scale * d['difference']:+.{places}f}{unit} [{scale * d['low']:+.{places}f}, "
+                             f"{scale * d['high']:+.{places}f}]" if not math.isnan(d["difference"]) else "–")
+            lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    lines += ["", "| error category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for category in ERROR_CATEGORIES:
+        lines.append(f"| {category} | " + " | ".join(str(data["errors"][name].get(category, 0)) for name in names) + " |")
+    return "\n".join(lines)
+
+
+def before_after(before: EvalResult, after: EvalResult, n: int = 3, *, width: int = 400) -> list[dict[str, Any]]:
+    """A few problems whose outcome changed between two models (fixed first, then broken, then
+    the largest reward changes), with both replies and both scores (part 07)."""
+    if len(before.rows) != len(after.rows):
+        raise ValueError("before and after must be evaluated on the same problems")
+    pairs = list(zip(before.rows, after.rows))
+    order = sorted(range(len(pairs)), key=lambda i: (
+        -(int(pairs[i][1]["strict"]) - int(pairs[i][0]["strict"])),
+        -(int(pairs[i][1]["format"]) - int(pairs[i][0]["format"])),
+        -abs(pairs[i][1]["reward"] - pairs[i][0]["reward"]), i))
+    out = []
+    for i in order[:n]:
+        a, b = pairs[i]
+        out.append({"index": i, "question": a["question"], "gold": a["gold"],
+                    before.name: {"reply": _clip(a["response"], width), "strict": a["strict"], "format": a["format"],
+                                  "reward": round(a["reward"], 3), "error": a["error"]},
+                    after.name: {"reply": _clip(b["response"], width), "strict": b["strict"], "format": b["format"],
+                                 "reward": round(b["reward"], 3), "error": b["error"]}})
+    return out
+
+
+def format_replies(result: EvalResult, n: int = 3, *, width: int = 400) -> str:
+    """The first `n` problems of one model with its replies and scores, as readable text."""
+    lines = []
+    for i, row in enumerate(result.rows[:n]):
+        lines += [f"### Problem {i} (gold answer {row['gold']})", row["question"].strip(), "",
+                  f"**{result.name}** — strict {'✓' if row['strict'] else '✗'}, format {'✓' if row['format'] else '✗'}, "
+                  f"reward {row['reward']:.3f}, {row['error']}",
+                  "    " + (_clip(row["response"], width).replace("\n", "\n    ") or "(empty reply)"), ""]
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_before_after(items: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
+    """`before_after` as readable text for a notebook cell."""
+    blocks = []
+    for item in items:
+        lines = [f"### Problem {item['index']} (gold answer {item['gold']})", item["question"].strip(), ""]
+        for name in names:
+            s = item[name]
+            lines.append(f"**{name}** — strict {'✓' if s['strict'] else '✗'}, format {'✓' if s['format'] else '✗'}, "
+                         f"reward {s['reward']:.3f}, {s['error']}")
+            lines.append("    " + (s["reply"].replace("\n", "\n    ") or "(empty reply)"))
+            lines.append("")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
+# ================================================================================================
+# Saving and plots
+# ================================================================================================
+
+
+def results_dir(run_dir: str | os.PathLike) -> Path:
+    path = Path(run_dir) / RESULTS_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Fraction):
+        return str(value)
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def save_results(results: Sequence[EvalResult], run_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``eval/results.json`` (everything, per-problem rows included), ``eval/results.md``
+    (the table) and ``eval/<model>.jsonl`` (one row per problem) into the run directory (part 07).
+    Existing files are replaced atomically; other models' results already saved are kept in
+    results.json unless a result of the same name replaces them."""
+    folder = results_dir(run_dir)
+    path_json = folder / "results.json"
+    saved: dict[str, Any] = {}
+    if path_json.exists():
+        try:
+            saved = {m["name"]: m for m in json.loads(path_json.read_text()).get("results", [])}
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
+            saved = {}
+    for result in results:
+        saved[result.name] = result.to_dict()
+    ordered = [EvalResult.from_dict(saved[name]) for name in _ordered_names(saved)]
+    data = comparison(ordered)
+    payload = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "comparison": data,
+               "results": [r.to_dict() for r in ordered]}
+    _atomic_write(path_json, json.dumps(payload, indent=1, default=_json_default, allow_nan=True) + "\n")
+    _atomic_write(folder / "results.md", markdown_table(ordered, data=data) + "\n")
+    paths = {"json": path_json, "markdown": folder / "results.md"}
+    for result in results:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", result.name)
+        lines = "".join(json.dumps(row, default=_json_default, allow_nan=True) + "\n" for row in result.rows)
+        _atomic_write(folder / f"{safe}.jsonl", lines)
+        paths[result.name] = folder / f"{safe}.jsonl"
+    return paths
+
+
+_KNOWN_ORDER = ("baseline", "sft", "grpo")
+
+
+def _ordered_names(saved: Mapping[str, Any]) -> list[str]:
+    def key(name: str) -> tuple[int, str]:
+        low = name.lower()
+        rank = next((i for i, k in enumerate(_KNOWN_ORDER) if low.startswith(k)), len(_KNOWN_ORDER))
+        return rank, name
+    return sorted(saved, key=key)
+
+
+def load_results(run_dir: str | os.PathLike) -> list[EvalResult]:
+    """The results `save_results` wrote for this run, in table order (empty when none)."""
+    path = Path(run_dir) / RESULTS_DIR / "results.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return [EvalResult.from_dict(r) for r in data.get("results", [])]
+
+
+def plot_score_distributions(results: Sequence[EvalResult], path: str | os.PathLike) -> Path:
+    """Three panels saved as PNG (part 07): the composite-reward histogram of each model, the
+    headline metrics with 95 % intervals, and the error breakdown as stacked bars."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4.5), dpi=100, layout="constrained")
+    ax_hist, ax_bars, ax_err = fig.subplots(1, 3)
+    colors = ["tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple"]
+    bins = np.linspace(0, 1, 21)
+    for i, r in enumerate(results):
+        rewards_ = r.values("reward")
+        rewards_ = rewards_[~np.isnan(rewards_)]
+        if rewards_.size:
+            lo, hi = min(0.0, rewards_.min()), max(1.0, rewards_.max())
+            ax_hist.hist(rewards_, bins=np.linspace(lo, hi, 21) if (lo, hi) != (0.0, 1.0) else bins,
+                         alpha=0.5, color=colors[i % len(colors)], label=f"{r.name} (mean {rewards_.mean():.2f})")
+    ax_hist.set(title="Composite reward per problem", xlabel="reward", ylabel="problems")
+    if results:
+        ax_hist.legend(fontsize=8)
+
+    shown = [m for m in ("strict", "lenient", "format", "partial", "pass_at_k", "maj_at_k")
+             if all(m in r.metrics for r in results)]
+    width = 0.8 / max(1, len(results))
+    x = np.arange(len(shown))
+    for i, r in enumerate(results):
+        means = np.array([r.metrics[m]["mean"] for m in shown]) * 100
+        lows = np.array([r.metrics[m]["low"] for m in shown]) * 100
+        highs = np.array([r.metrics[m]["high"] for m in shown]) * 100
+        ax_bars.bar(x + i * width, means, width, yerr=[means - lows, highs - means], capsize=3,
+                    color=colors[i % len(colors)], label=r.name)
+    ax_bars.set_xticks(x + width * (len(results) - 1) / 2, [_label(m, results) for m in shown], rotation=20,
+                       ha="right", fontsize=8)
+    ax_bars.set(title="Metrics with 95 % bootstrap intervals", ylabel="%", ylim=(0, 105))
+    if results:
+        ax_bars.legend(fontsize=8)
+
+    bottom = np.zeros(len(results))
+    error_colors = {"correct": "tab:green", "truncated": "tab:orange", "no_answer": "tab:gray",
+                    "format_broken": "tab:red", "wrong_arithmetic": "tab:purple", "wrong_answer": "tab:brown"}
+    for category in ERROR_CATEGORIES:
+        counts = np.array([r.errors.get(category, 0) / max(1, len(r.rows)) * 100 for r in results])
+        ax_err.bar([r.name for r in results], counts, bottom=bottom, color=error_colors[category], label=category)
+        bottom += counts
+    ax_err.set(title="Where the replies go wrong", ylabel="% of problems", ylim=(0, 100))
+    ax_err.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+# ================================================================================================
+# Finding and loading trained checkpoints
+# ================================================================================================
+
+KAGGLE_INPUT = Path("/kaggle/input")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedCheckpoint:
+    """A LoRA checkpoint written by part 06 (Tunix/Orbax layout ``<step>/model_params``)."""
+
+    stage: str
+    step: int
+    path: Path  # the model_params folder
+
+    def __str__(self) -> str:
+        return f"{self.stage} checkpoint, step {self.step}: {self.path}"
+
+
+def _input_checkpoint_roots(base: Path, stage: str, profile: str, max_depth: int = 6) -> list[Path]:
+    """``…/checkpoints/<stage>`` folders under attached inputs (at most `max_depth` levels deep),
+    those under a folder named like this run's (``runs/<profile>``) first."""
+    found = []
+    base_depth = len(base.parts)
+    for folder, subdirs, _ in os.walk(base):
+        here = Path(folder)
+        if len(here.parts) - base_depth >= max_depth:
+            subdirs[:] = []
+        if here.name == "checkpoints" and (here / stage).is_dir():
+            found.append(here / stage)
+            subdirs[:] = []
+    return sorted(found, key=lambda p: (p.parent.parent.name != profile, str(p)))
+
+
+def find_checkpoint(run_dir: str | os.PathLike, stage: str, *, search_kaggle_inputs: bool = True) -> TrainedCheckpoint | None:
+    """The newest `stage` ("sft" or "grpo") checkpoint of part 06, or None (part 07).
+
+    Looks in ``<run_dir>/checkpoints/<stage>`` first (GRPO keeps its policy under ``actor/``),
+    then in attached Kaggle inputs (``/kaggle/input/…/checkpoints/<stage>``, up to six levels
+    down, those of a run folder named like this one first), e.g. the output of the training
+    notebook added with Add Input.
+    """
+    from course_utils.checkpoints import latest_checkpoint
+    from course_utils.training import checkpoint_dir
+
+    roots = [checkpoint_dir(run_dir, stage)]
+    if search_kaggle_inputs and KAGGLE_INPUT.is_dir():
+        roots += [r / "actor" if stage == "grpo" else r
+                  for r in _input_checkpoint_roots(KAGGLE_INPUT, stage, Path(run_dir).name)]
+    for root in roots:
+        info = latest_checkpoint(root)
+        if info is not None:
+            return TrainedCheckpoint(stage, info.step, info.path / info.items["params"])
+    return None
+
+
+def evaluate_or_reuse(name: str, model: Any, config: Any, examples: Sequence[Any], run_dir: str | os.PathLike, *,
+                      loaded: Any = None, checkpoint: Any = None, k: int = 1, **kwargs: Any) -> EvalResult:
+    """The saved evaluation `name` if one was made under exactly these settings, else a new one,
+    saved into the run directory (parts 06 and 07). `model` is a LoadedModel, or a model whose
+    tokenizer and config come from `loaded`; `checkpoint` names what its weights came from, so a
+    newer checkpoint is never mistaken for an old result. k = 1: greedy decoding only."""
+    found = reusable_result(run_dir, name, config, examples, checkpoint=checkpoint, k=k,
+                            max_new_tokens=kwargs.get("max_new_tokens"), sampled_examples=kwargs.get("sampled_examples"))
+    if found is not None:
+        print(f"{name}: reusing the saved evaluation of {len(examples)} problems")
+        return found
+    tokenizer = getattr(loaded, "tokenizer", None)
+    model_config = getattr(loaded, "model_config", None)
+    result = evaluate_model(model, tokenizer, model_config, examples, config, name=name, k=k,
+                            checkpoint=checkpoint, **kwargs)
+    save_results([result], run_dir)
+    return result
+
+
+def restore_lora_params(lora_model: Any, params_path: str | os.PathLike) -> Any:
+    """Load saved LoRA parameters into a model that already has LoRA layers (part 07).
+
+    The saved tree is restored against the model's own LoRA state, so shapes, dtypes and
+    shardings come from the model; a checkpoint of another rank or model fails with a clear error.
+    """
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    state = nnx.state(lora_model, nnx.LoRAParam)
+    if not jax.tree.leaves(state):
+        raise ValueError("the model has no LoRA parameters: call course_utils.lora.apply_lora(model, config, mesh) first.")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state)
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        restored = checkpointer.restore(Path(params_path).resolve(), abstract)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"the LoRA parameters in {params_path} do not fit this model ({err}). Was it trained with "
+            "another lora_rank or model? Load the run's config (load_run_config) before building the model."
+        ) from None
+    finally:
+        checkpointer.close()
+    nnx.update(lora_model, restored)
+    return lora_model
+
+
+def load_trained_model(config: Any, checkpoint: TrainedCheckpoint | str | os.PathLike, mesh: Any = None, *,
+                       base: Any = None) -> Any:
+    """A `LoadedModel` with LoRA layers holding the checkpoint's LoRA weights (part 07).
+
+    `base`, an already loaded base model (`load_model`'s result), is reused without copying its
+    weights (LoRA wraps them); otherwise the base model is loaded afresh.
+    """
+    from course_utils.lora import apply_lora
+    from course_utils.model import load_model
+
+    path = checkpoint.path if isinstance(checkpoint, TrainedCheckpoint) else Path(checkpoint)
+    if base is None:
+        if mesh is None:
+            from course_utils.env import make_mesh
+
+            mesh = make_mesh()
+        base = load_model(config, mesh)
+    trained = dataclasses.replace(base, model=apply_lora(base.model, config, mesh))
+    restore_lora_params(trained.model, path)
+    trained.source = f"{base.source}; LoRA weights from {path}"
+    return trained

@@ -1,0 +1,260 @@
+# %% [markdown]
+# # Part 08 · Export and share
+#
+# The trained model lives as a base model plus small LoRA matrices in Tunix checkpoints. To be
+# useful elsewhere it has to load everywhere: in Hugging Face `transformers` (the LoRA merged into
+# the weights) and in Tunix itself (as a Kaggle Model other people can restore). This part writes
+# both forms, proves each one reloads with the same outputs, writes a model card from part 07's
+# numbers, and uploads — or, without credentials, shows exactly what an upload would send.
+#
+# **Objectives**
+# - merge LoRA into the base weights: W' = W + (α / r) · A·B;
+# - write a Hugging Face folder that `transformers` loads as a Gemma 3 causal LM, and check its
+#   logits against Tunix's on the same tokens;
+# - write Tunix/Orbax checkpoints (LoRA only, and merged) and prove they reload identically;
+# - generate the model card and upload to Kaggle Models and the Hugging Face Hub.
+#
+# **Prerequisites**: part 06 (a trained checkpoint; without one the untrained LoRA model is
+# exported, which equals the base model) and part 07 (results for the model card). Any hardware;
+# the `transformers` check needs PyTorch (preinstalled on Kaggle; `pip install torch` elsewhere).
+
+# %%
+# Make `course_utils` importable: pip-installed, this repository, or a Kaggle input.
+import importlib.util, os, pathlib, subprocess, sys
+if importlib.util.find_spec("course_utils"):
+    print("course_utils: installed package")
+elif os.environ.get("COURSE_UTILS_PIP"):  # e.g. a pinned wheel or tagged release
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ["COURSE_UTILS_PIP"]], check=True)
+    print("course_utils: pip-installed from", os.environ["COURSE_UTILS_PIP"])
+else:
+    here = pathlib.Path.cwd()
+    kaggle = [p for g in ("*", "*/*", "*/*/*") for p in pathlib.Path("/kaggle/input").glob(g)] + [pathlib.Path("/kaggle/usr/lib")]
+    root = next((p for p in [here, *here.parents, *kaggle] if (p / "course_utils" / "__init__.py").is_file()), None)
+    if root is None:
+        raise ModuleNotFoundError("course_utils not found: run `pip install -e .` in the repository, or attach the repository to this notebook (Add Input) as a Kaggle dataset.")
+    sys.path.insert(0, str(root))
+    print("course_utils: from", root)
+
+# %%
+from course_utils.install import ensure_packages
+
+ensure_packages()
+
+# %% tags=["parameters"]
+PROFILE = None  # smoke | cpu | gpu | tpu; None = COURSE_PROFILE or the hardware's choice
+STAGE = None  # checkpoint to export: "grpo" | "sft"; None = GRPO if there is one, else SFT
+EXPORT_DTYPE = None  # dtype of the Hugging Face weights: float32 | bfloat16 (half the size); None = the model's own
+CHECK_QUESTION = "Tom has 3 boxes with 12 eggs in each box. He breaks 5 eggs. How many eggs are left?"
+CHECK_TOKENS = 64  # new tokens for the transformers generation check
+MODEL_NAME = "gemma3-grpo-reasoning"  # Kaggle Models slug and Hugging Face repo name
+UPLOAD = False  # True = really upload where credentials are set; False = dry run (list what would go)
+HF_PRIVATE = True  # create the Hugging Face repo as private
+
+# %% [markdown]
+# ## What you need from the earlier parts
+#
+# The run's configuration, the newest LoRA checkpoint of part 06 (in the run directory or an
+# attached Kaggle input) on top of the base model of part 04, and part 07's saved results.
+
+# %%
+import dataclasses
+
+from course_utils.config import load_run_config
+from course_utils.env import run_dir
+from course_utils import evaluation as ev, export as ex
+from course_utils.lora import apply_lora
+from course_utils.model import load_model
+
+config = load_run_config(PROFILE)
+RUN_DIR = run_dir(config.profile)
+stages = [STAGE] if STAGE else ["grpo", "sft"]
+found = next((c for c in (ev.find_checkpoint(RUN_DIR, s) for s in stages) if c), None)
+base = load_model(config)
+if found:
+    loaded = ev.load_trained_model(config, found, base=base)
+else:
+    loaded = dataclasses.replace(base, model=apply_lora(base.model, config))
+    print("No trained checkpoint: exporting the untrained LoRA model (B = 0, so it equals the base model). "
+          "Run part 06 (or attach its output on Kaggle) for a trained one.")
+print("exporting:", found or "untrained LoRA model", "|", config.model, "| profile", config.profile)
+
+# %% [markdown]
+# ## 1. Merging LoRA into the weights
+#
+# Each adapted weight W got two small matrices, A (inputs × r) and B (r × outputs), and the model
+# computed x·W + (α / r)·x·A·B. Since that is x·(W + (α / r)·A·B), the adapter folds into the
+# weight once and for all: a plain Gemma 3, no LoRA code needed to run it. We check the merged
+# model's logits against the LoRA model's on the course prompt.
+
+# %%
+import numpy as np
+from course_utils.data import build_prompt
+from course_utils.generate import forward_logits
+
+tokens = np.array([[2, *loaded.tokenizer.encode(build_prompt(CHECK_QUESTION))]], dtype=np.int32)
+lora_logits = np.asarray(forward_logits(loaded.model, tokens))
+merged = ex.merged_model(loaded.model, loaded.model_config, config=config)
+diff = np.abs(np.asarray(forward_logits(merged, tokens)) - lora_logits).max()
+print(f"rank r = {ex.lora_rank(loaded.model)}, α = {config.lora_alpha}; max |logit difference| merged vs LoRA: {diff:.2e}")
+
+# %% [markdown]
+# The difference is rounding only (the merged weight adds the update before multiplying).
+#
+# ## 2. The model card
+#
+# The card is the README of the exported model. Every number in it comes from part 07's
+# `eval/results.json`; it states the hardware, the training settings, and that Gemma's terms of
+# use apply to the weights.
+
+# %%
+from IPython.display import Markdown, display
+
+from course_utils.model_card import build_model_card
+
+card = build_model_card(config, RUN_DIR, repo_id=ex.hf_repo_id(f"{MODEL_NAME}-{config.profile}"))
+if not ev.load_results(RUN_DIR):
+    print("No part 07 results in the run directory yet: the card says the model is not evaluated.")
+display(Markdown(card.split("---", 2)[2][:3000]))
+
+# %% [markdown]
+# ## 3. Writing every form
+#
+# `export_all` writes three folders under `export/` in the run directory, each first under a
+# hidden temporary name and renamed when complete, so an interrupted export never leaves a
+# broken folder behind:
+#
+# | folder | what | loads with |
+# |---|---|---|
+# | `hf/` | merged weights, `config.json` (`gemma3_text`), tokenizer, generation config, card | `transformers` |
+# | `tunix/lora/<step>/model_params` | LoRA weights only, Tunix's own checkpoint layout | Tunix + base model |
+# | `tunix/merged/` | merged weights in the layout of Kaggle's Gemma Flax checkpoints | Tunix |
+
+# %%
+step = found.step if found else 0
+report = ex.export_all(loaded.model, loaded.tokenizer, loaded.model_config, config, RUN_DIR, step=step,
+                       dtype=EXPORT_DTYPE or config.param_dtype, model_card=card)
+print(report.summary())
+for name, size in report.files():
+    print(f"{size:>15,} B  {name}")
+
+# %% [markdown]
+# ## 4. Does `transformers` load it?
+#
+# The proof: load the folder with `AutoModelForCausalLM` (it must come back as
+# `Gemma3ForCausalLM`), run the same tokens, and compare logits with Tunix's. In float32 (the
+# `cpu` and `smoke` profiles) they agree to rounding; a bfloat16 model (`tpu`) differs by its
+# rounding, about 1e-1. Then a greedy reply through transformers' own tokenizer and chat template.
+
+# %%
+try:
+    hf_logits = ex.transformers_logits(report.folders["hf"], tokens)
+    print(f"max |logit difference| transformers vs Tunix: {np.abs(hf_logits - lora_logits).max():.2e} "
+          f"(logits up to {np.abs(lora_logits).max():.1f}); same argmax: {(hf_logits.argmax(-1) == lora_logits.argmax(-1)).mean():.0%}")
+    from course_utils.data import SYSTEM_PROMPT
+    chat = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": CHECK_QUESTION}]
+    print("transformers reply:", ex.transformers_generate(report.folders["hf"], chat, CHECK_TOKENS))
+except ImportError as err:
+    print(err)
+
+# %% [markdown]
+# ## 5. Do the Tunix checkpoints reload?
+#
+# The LoRA checkpoint goes back onto the base model wrapped in *new* LoRA layers (other random
+# A matrices, so a restore that silently did nothing would show); the merged checkpoint loads with Tunix's own Gemma
+# loader, `gemma3.params.create_model_from_checkpoint`. Both must reproduce the logits exactly.
+
+# %%
+fresh = apply_lora(base.model, config, seed=config.seed + 1)
+if "tunix_lora" in report.folders:
+    ex.load_tunix_lora(fresh, report.folders["tunix_lora"])
+    print("LoRA checkpoint:   max |Δ logits| =", np.abs(np.asarray(forward_logits(fresh, tokens)) - lora_logits).max())
+reloaded = ex.load_tunix_merged(report.folders["tunix_merged"], loaded.model_config)
+merged_logits = np.asarray(forward_logits(merged, tokens))
+print("merged checkpoint: max |Δ logits| =", np.abs(np.asarray(forward_logits(reloaded, tokens)) - merged_logits).max())
+
+# %% [markdown]
+# To restore the LoRA checkpoint in your own Tunix code (the snippet the Kaggle Tunix community
+# uses): build the base model, apply the same LoRA (rank and α are in `adapter_config.json`),
+# then `ocp.StandardCheckpointer().restore(f"{path}/{step}/model_params", target=abstract)` with
+# `abstract` the shapes of `nnx.state(lora_model, nnx.LoRAParam)`, and `nnx.update` the model.
+#
+# ## 6. Upload to Kaggle Models
+#
+# `kagglehub.model_upload` creates the model (private) if needed and adds a version. The handle is
+# `owner/model/framework/variation`: the Hugging Face folder goes up as framework `transformers`,
+# the Tunix checkpoints as `flax`. Credentials are the `KAGGLE_USERNAME` and `KAGGLE_KEY` secrets
+# (Add-ons → Secrets on Kaggle). With `UPLOAD = False`, or without them, this is a dry run.
+
+# %%
+variation = f"{config.model}-{config.profile}"
+notes = f"course part 08: {found or 'untrained'}; profile {config.profile}; config {config.fingerprint()}"
+for folder, framework in ((report.folders["hf"], "transformers"), (report.root / "tunix", "flax")):
+    handle = ex.kaggle_handle(MODEL_NAME, variation, framework=framework)
+    print(ex.upload_to_kaggle(folder, handle, version_notes=notes, dry_run=None if UPLOAD else True), "\n")
+
+# %% [markdown]
+# ## 7. Upload to the Hugging Face Hub
+#
+# The `HF_TOKEN` secret must be a *write* token (huggingface.co → Settings → Access Tokens), and
+# `HF_USERNAME` names your account. The repository is created private unless `HF_PRIVATE = False`;
+# the card's metadata sets the licence to `gemma`. The token goes to `huggingface_hub` directly and
+# is never printed.
+
+# %%
+repo_id = ex.hf_repo_id(f"{MODEL_NAME}-{config.profile}")
+print(ex.upload_to_huggingface(report.folders["hf"], repo_id, private=HF_PRIVATE, dry_run=None if UPLOAD else True))
+
+# %% [markdown]
+# ## Troubleshooting
+#
+# | symptom | cause | fix |
+# |---|---|---|
+# | `AutoTokenizer` asks for `tiktoken` | `protobuf` missing, so transformers cannot read `tokenizer.model` | `pip install protobuf sentencepiece` |
+# | transformers replies are gibberish, perplexity ~10× too high | no BOS token at the start | keep `add_bos_token: true` in `tokenizer_config.json`, or prepend `<bos>` |
+# | generation never stops, runs into a new `<start_of_turn>` | `<end_of_turn>` (106) not an EOS id | keep `generation_config.json` (`eos_token_id: [1, 106]`) next to the weights |
+# | `KeyError: 'gemma3_text'` / unknown model type | transformers older than 4.50 | `pip install -U transformers` |
+# | `Unrecognized keys in rope_parameters` warning | transformers 5 converting the classic RoPE fields | harmless |
+# | warning about an "incorrect regex pattern" / `fix_mistral_regex` | a transformers 5 heuristic for tokenizers converted from SentencePiece | harmless: the course's tests check that transformers tokenizes exactly like SentencePiece |
+# | LoRA restore: "do not fit this model" | another `lora_rank` or base model than in training | `load_run_config()` the run's own config before building the model |
+# | logits differ by ~1e-2 between libraries | the export or the model is bfloat16 | compare with `EXPORT_DTYPE = "float32"` and a float32 model; bfloat16 is fine for use |
+# | kagglehub 401/403 | missing or wrong `KAGGLE_USERNAME` / `KAGGLE_KEY`, or the owner is not you | create a token under kaggle.com → Settings → API; the handle's owner must be your user name |
+# | Hub upload 403 | the token is read-only | create a token with *write* access |
+# | out of host memory while merging on a TPU VM | the full model is gathered once per weight | export with `EXPORT_DTYPE = "bfloat16"` and restart the kernel before this part |
+#
+# ## Next steps
+#
+# - **Larger models**: Gemma 3 4B (`ModelConfig.gemma3_4b_it`) fits a Kaggle TPU v5e-8 with LoRA;
+#   the export code is the same (it handles the 4B's scaled RoPE).
+# - **More data**: the whole GSM8K train split, then harder sets (MATH, AQuA) with
+#   math-verify answers instead of single numbers.
+# - **Other rewards**: process rewards that check each step, length-aware rewards, or a learned
+#   verifier; part 03's `composite_reward` is the place to add them.
+# - **Serving**: the `hf/` folder works with vLLM and text-generation-inference as it is, and
+#   llama.cpp's `convert_hf_to_gguf.py` turns it into GGUF for laptops and phones.
+#
+# ## Recap
+#
+# - A LoRA adapter folds into its weight exactly: W' = W + (α / r)·A·B.
+# - `export/hf` loads in `transformers` as `Gemma3ForCausalLM` with the same logits as Tunix, its
+#   tokenizer adds BOS and its generation stops at `<end_of_turn>`.
+# - `export/tunix/lora` is Tunix's own checkpoint layout; `export/tunix/merged` is Kaggle's Gemma
+#   Flax layout. Both reload with identical logits.
+# - The model card is generated from part 07's results; Gemma's terms apply to every copy.
+# - Uploads run only with credentials and `UPLOAD = True`; otherwise they list what would go.
+#
+# ## Exercises
+#
+# 1. Set `EXPORT_DTYPE = "bfloat16"` (on `cpu`). How much smaller is `model.safetensors`, and how
+#    large does the logit difference to Tunix become?
+# 2. Open `export/hf/config.json`. Which fields encode Gemma 3's five local layers per global one?
+# 3. Why is the merged model exactly as fast as the base model, while the LoRA model is not?
+# 4. Load `export/tunix/lora` into a model built with `lora_rank` doubled. What error do you get, and why?
+# 5. Add your evaluation results on another test set to the model card.
+#
+# ## Further reading
+#
+# - Hu et al., *LoRA: Low-Rank Adaptation of Large Language Models*: https://arxiv.org/abs/2106.09685
+# - Hugging Face model cards: https://huggingface.co/docs/hub/model-cards
+# - Kaggle Models and `kagglehub`: https://github.com/Kaggle/kagglehub
+# - Gemma Terms of Use: https://ai.google.dev/gemma/terms
+# - Orbax checkpointing: https://orbax.readthedocs.io/

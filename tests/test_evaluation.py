@@ -1,0 +1,356 @@
+"""Evaluation (part 07): number extraction, arithmetic checks, error categories, statistics,
+tables, plots, checkpoint discovery and a small end-to-end run on the smoke model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from course_utils import evaluation as ev
+from course_utils.config import TrainingConfig
+
+GOOD = "<reasoning>Natalia sold 48/2 = 24 clips in May.\n48 + 24 = 72 clips in total.</reasoning>\n<answer>72</answer>"
+
+
+# --- numbers -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("I have $1,234.50 and 3 apples", ["1234.50", "3"]),
+    ("5-3=2", ["5", "3", "2"]),
+    ("so x = -7.", ["-7"]),
+    ("-4 degrees", ["-4"]),
+    ("temp-5", ["5"]),
+    ("half is .5 and 1,2 is a list", ["0.5", "1", "2"]),
+    ("1,2345 is not grouped", ["1", "2345"]),
+    ("12,345,678 people", ["12345678"]),
+    ("version 1.2.3", ["1.2", "3"]),
+    ("50% off, 3/4 left", ["50", "3", "4"]),
+    ("no digits here", []),
+    ("", []),
+])
+def test_extract_numbers(text, expected):
+    assert ev.extract_numbers(text) == expected
+
+
+def test_extract_numbers_handles_any_input_in_one_pass():
+    assert ev.extract_numbers(None) == [] and ev.last_number(12) is None
+    # Inputs that make backtracking regexes explode; a linear scan returns promptly and correctly.
+    digits = "1" * 200_000
+    assert ev.extract_numbers(digits) == [digits]
+    commas = "1" + ",111" * 50_000 + "1"
+    assert ev.extract_numbers(commas)[-1] == "1111"
+    mixed = "-1." * 100_000
+    assert len(ev.extract_numbers(mixed)) == 100_000
+    assert ev.last_number("the answer is 42. Done") == "42"
+
+
+def test_numbers_equal_and_tolerance():
+    assert ev.numbers_equal("18.00", "18") and ev.numbers_equal("1,080", 1080) and ev.numbers_equal("0.5", "1/2")
+    assert not ev.numbers_equal("18", "19") and not ev.numbers_equal(None, "1") and not ev.numbers_equal("x", "x")
+    assert ev.within_tolerance("99", "100") and ev.within_tolerance("110", "100")
+    assert not ev.within_tolerance("111", "100") and not ev.within_tolerance("-100", "100")
+    assert ev.within_tolerance("0", "0") and not ev.within_tolerance("0.01", "0")
+
+
+# --- arithmetic ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, verdicts", [
+    ("48/2 = 24", [True]),
+    ("3 + 4 = 8", [False]),
+    ("2 + 3 * 4 = 14", [True]),           # precedence: not (2 + 3) * 4
+    ("2 + 3 + 4 = 9", [True]),            # the whole chain, not just 3 + 4
+    ("3 x 4 = 12 and 3 × 5 = 16", [True, False]),
+    ("10/3 = 3.33, 2/3 = 0.66", [True, True]),  # rounded or cut to the decimals written
+    ("10/3 = 3.4", [False]),
+    ("7 - -2 = 9", [True]),
+    ("$3 * $4 = $12", [True]),
+    ("5 * 6 = 30 = 31", [True]),           # "30 = 31" has no operator: not judged
+    ("<<5*6=31>>31", [False]),
+    ("20% * 50 = 10", []),                 # percentages are not judged
+    ("5 / 0 = 1", []),                     # nor division by zero
+    ("3 apples + 4 = 7", []),              # words break a calculation
+    ("x = 5", []),
+])
+def test_check_arithmetic(text, verdicts):
+    assert [c.ok for c in ev.check_arithmetic(text)] == verdicts
+
+
+def test_check_arithmetic_values_are_exact():
+    (calc,) = ev.check_arithmetic("1/3 + 1/6 = 0.5")
+    assert calc.left == Fraction(1, 2) and calc.ok and calc.text == "1/3 + 1/6 = 0.5"
+
+
+# --- one reply -------------------------------------------------------------------------------------------
+
+
+def test_score_reply_correct():
+    row = ev.score_reply(GOOD, "72")
+    assert row["strict"] and row["lenient"] and row["format"] and row["partial"] and row["error"] == "correct"
+    assert 0 < row["reward"] <= 1 and {"reward_format", "reward_correctness"} <= set(row)
+    assert row["answer"] == "72" and row["calculations"] == 2 and row["wrong_calculations"] == []
+
+
+@pytest.mark.parametrize("reply, kwargs, category", [
+    ("<reasoning>Natalia sold 48/2 = 24 and 48 + 24", {"n_tokens": 16, "max_new_tokens": 16}, "truncated"),
+    ("<reasoning>Natalia sold 48/2 = 24 and 48 + 24", {"n_tokens": 5, "max_new_tokens": 16}, "format_broken"),
+    # the base model echoes the prompt, tags included, until the limit: that is not a closed answer
+    ("Write it between <answer> and </answer>. Write it between <answer> and", {"n_tokens": 16, "max_new_tokens": 16},
+     "truncated"),
+    (GOOD.replace("72", "70") + " and so on", {"n_tokens": 16, "max_new_tokens": 16}, "truncated"),
+    (GOOD.replace("72", "70"), {"n_tokens": 16, "max_new_tokens": 16}, "wrong_arithmetic"),
+    ("I do not know.", {}, "no_answer"),
+    ("", {}, "no_answer"),
+    ("The answer is 72.", {}, "format_broken"),
+    ("<answer>72</answer><reasoning>48 + 24 = 72</reasoning> and 72", {}, "correct"),
+    ("<reasoning>48/2 = 25. 48 + 25 = 73</reasoning><answer>73</answer>", {}, "wrong_arithmetic"),
+    ("<reasoning>48 * 2 = 96. 96 + 24 = 120</reasoning><answer>120</answer>", {}, "wrong_answer"),
+])
+def test_error_categories(reply, kwargs, category):
+    assert ev.score_reply(reply, "72", **kwargs)["error"] == category
+
+
+def test_format_is_strict_and_lenient_reads_the_last_number():
+    wrapped = "Sure! " + GOOD
+    row = ev.score_reply(wrapped, "72")
+    assert row["strict"] and not row["format"]
+    row = ev.score_reply("<reasoning>48 + 24 = 72</reasoning><answer>70</answer> oh wait, 72", "72")
+    assert not row["strict"] and row["lenient"] and row["partial"] and not row["format"]
+
+
+@pytest.mark.parametrize("junk", [None, 123, b"bytes", "<answer>" * 10_000, "\x00\udcff", "9" * 100_000])
+def test_score_reply_never_raises(junk):
+    row = ev.score_reply(junk, "72")
+    assert row["error"] in ev.ERROR_CATEGORIES and not row["strict"]
+
+
+def test_score_replies_checks_lengths():
+    with pytest.raises(ValueError, match="pair up"):
+        ev.score_replies(["a", "b"], ["1"])
+
+
+# --- statistics --------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_is_seeded_contains_the_mean_and_has_the_expected_width():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2, size=400).astype(float)
+    mean, low, high = ev.bootstrap_ci(values, seed=3)
+    assert (mean, low, high) == ev.bootstrap_ci(values, seed=3)
+    assert low < mean < high
+    expected = 2 * 1.96 * math.sqrt(mean * (1 - mean) / len(values))  # normal approximation
+    assert abs((high - low) - expected) < 0.25 * expected
+    assert ev.bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
+    assert ev.bootstrap_ci([0.5]) == (0.5, 0.5, 0.5)
+    assert all(math.isnan(x) for x in ev.bootstrap_ci([]))
+    assert ev.bootstrap_ci([1.0, float("nan"), 0.0])[0] == 0.5
+
+
+def test_bootstrap_many_matches_single_columns():
+    rng = np.random.default_rng(1)
+    matrix = rng.random((50, 3))
+    many = ev.bootstrap_many(matrix, seed=5)
+    for j in range(3):
+        assert many[j] == pytest.approx(ev.bootstrap_ci(matrix[:, j], seed=5))
+
+
+def test_paired_bootstrap():
+    a = np.array([0, 1, 0, 1, 0, 0, 1, 0] * 10, dtype=float)
+    same = ev.paired_bootstrap(a, a)
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0 and same["p_not_better"] == 1
+    better = ev.paired_bootstrap(a, np.ones_like(a))
+    assert better["difference"] == pytest.approx(1 - a.mean()) and better["low"] > 0 and better["p_not_better"] == 0
+    # Pairing matters: b = a + noise-free shift of one problem is detected although the groups overlap.
+    b = a.copy()
+    b[0] = 1
+    assert ev.paired_bootstrap(a, b)["low"] >= 0
+    with pytest.raises(ValueError):
+        ev.paired_bootstrap([1, 0], [1, 0, 1])
+
+
+@pytest.mark.parametrize("n, c, k", [(4, 0, 1), (4, 1, 1), (4, 1, 2), (5, 2, 3), (6, 3, 6), (8, 5, 2), (7, 0, 7)])
+def test_pass_at_k_equals_brute_force(n, c, k):
+    samples = [True] * c + [False] * (n - c)
+    draws = list(itertools.combinations(range(n), k))
+    brute = sum(any(samples[i] for i in d) for d in draws) / len(draws)
+    assert ev.pass_at_k(n, c, k) == pytest.approx(brute)
+
+
+def test_pass_at_k_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        ev.pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        ev.pass_at_k(4, 1, 5)
+
+
+def test_majority_vote():
+    assert ev.majority_answer(["3", "18", "18.00", None, "3"]) == "3"  # tie → first seen
+    assert ev.majority_answer(["3", "18", "18.0", None]) == "18"
+    assert ev.majority_answer([None, None]) is None
+    scored = ev.sampled_scores([[GOOD, "<answer>5</answer>", GOOD.replace(">72<", ">71<")]], ["72"], k=3)[0]
+    assert scored["pass_at_k"] == 1.0 and scored["maj_at_k"] and scored["pass_at_1"] == pytest.approx(1 / 3)
+    wrong = ev.sampled_scores([["<answer>5</answer>", "<answer>5</answer>", GOOD]], ["72"])[0]
+    assert wrong["pass_at_k"] == 1.0 and not wrong["maj_at_k"] and wrong["majority"] == "5"
+
+
+# --- results of several models -------------------------------------------------------------------------------
+
+EXAMPLES = [{"question": f"What is {i} + {i}?", "answer": str(2 * i), "difficulty": "easy"} for i in range(1, 7)]
+
+
+def _reply(i: int, answer: int, tidy: bool = True) -> str:
+    body = f"<reasoning>{i} + {i} = {answer}</reasoning><answer>{answer}</answer>"
+    return body if tidy else f"I think {answer}"
+
+
+@pytest.fixture
+def three_models():
+    baseline = ev.evaluate_responses("baseline", EXAMPLES, [_reply(i, 2 * i + 1, tidy=False) for i in range(1, 7)])
+    sft = ev.evaluate_responses("sft", EXAMPLES, [_reply(i, 2 * i + (i % 2)) for i in range(1, 7)],
+                                samples=[[_reply(i, 2 * i), _reply(i, 0)] for i in range(1, 7)])
+    grpo = ev.evaluate_responses("grpo", EXAMPLES, [_reply(i, 2 * i) for i in range(1, 7)],
+                                 samples=[[_reply(i, 2 * i), _reply(i, 2 * i)] for i in range(1, 7)])
+    return baseline, sft, grpo
+
+
+def test_evaluate_responses_summarises_every_metric(three_models):
+    baseline, sft, grpo = three_models
+    assert baseline.metrics["strict"]["mean"] == 0 and baseline.metrics["format"]["mean"] == 0
+    assert sft.metrics["strict"]["mean"] == pytest.approx(0.5) and grpo.metrics["strict"]["mean"] == 1
+    assert grpo.metrics["pass_at_k"]["mean"] == 1 and sft.metrics["maj_at_k"]["mean"] == 1  # tie → first sample
+    assert sft.errors["wrong_arithmetic"] == 3 and baseline.errors["format_broken"] == 6
+    assert sum(grpo.errors.values()) == len(EXAMPLES)
+    low, high = sft.metrics["strict"]["low"], sft.metrics["strict"]["high"]
+    assert 0 <= low <= 0.5 <= high <= 1
+
+
+def test_comparison_table_has_paired_differences(three_models):
+    data = ev.comparison(list(three_models))
+    assert list(data["differences"]) == ["sft − baseline", "grpo − baseline", "grpo − sft"]
+    gain = data["differences"]["grpo − sft"]["strict"]
+    assert gain["difference"] == pytest.approx(0.5) and gain["low"] > 0
+    table = ev.markdown_table(list(three_models))
+    assert "| strict accuracy | 0.0 % [0.0, 0.0] | 50.0 %" in table
+    assert "| grpo − sft |" in table and "| wrong_arithmetic | 0 | 3 | 0 |" in table
+    assert "pass@2 (sampled)" in table
+
+
+def test_save_and_load_results_round_trip(three_models, tmp_path):
+    baseline, sft, grpo = three_models
+    ev.save_results([baseline], tmp_path)
+    paths = ev.save_results([grpo, sft], tmp_path)  # merged with what is there, in table order
+    data = json.loads(paths["json"].read_text())
+    assert data["comparison"]["models"] == ["baseline", "sft", "grpo"]
+    loaded = ev.load_results(tmp_path)
+    assert [r.name for r in loaded] == ["baseline", "sft", "grpo"]
+    assert loaded[2].metrics == grpo.metrics and loaded[1].rows[0]["response"] == sft.rows[0]["response"]
+    assert paths["markdown"].read_text().startswith("| metric |")
+    assert len(paths["sft"].read_text().splitlines()) == len(EXAMPLES)
+    assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")]
+
+
+def test_before_after_shows_fixed_problems_first(three_models):
+    baseline, sft, grpo = three_models
+    items = ev.before_after(sft, grpo, n=2)
+    assert all(not item["sft"]["strict"] and item["grpo"]["strict"] for item in items)
+    text = ev.format_before_after(items, ["sft", "grpo"])
+    assert "gold answer" in text and "strict ✗" in text and "strict ✓" in text
+
+
+def test_plot_score_distributions_writes_a_png(three_models, tmp_path):
+    path = ev.plot_score_distributions(list(three_models), tmp_path / "plots" / "eval.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+
+def _fake_step(root: Path, step: int) -> None:
+    params = root / str(step) / "model_params"
+    params.mkdir(parents=True)
+    (params / "_METADATA").write_text("{}")
+
+
+def test_find_checkpoint_prefers_the_newest_complete_step(tmp_path):
+    assert ev.find_checkpoint(tmp_path, "sft", search_kaggle_inputs=False) is None
+    _fake_step(tmp_path / "checkpoints" / "sft", 2)
+    _fake_step(tmp_path / "checkpoints" / "sft", 10)
+    (tmp_path / "checkpoints" / "sft" / "20" / "model_params").mkdir(parents=True)  # empty: a killed save
+    found = ev.find_checkpoint(tmp_path, "sft", search_kaggle_inputs=False)
+    assert found.step == 10 and found.path.name == "model_params"
+    _fake_step(tmp_path / "checkpoints" / "grpo" / "actor", 4)  # RLCluster keeps the policy under actor/
+    assert ev.find_checkpoint(tmp_path, "grpo", search_kaggle_inputs=False).step == 4
+
+
+def test_find_checkpoint_searches_attached_kaggle_inputs(tmp_path, monkeypatch):
+    inputs = tmp_path / "input"
+    _fake_step(inputs / "other-notebook" / "runs" / "smoke" / "checkpoints" / "sft", 9)
+    _fake_step(inputs / "notebooks" / "me" / "training" / "runs" / "cpu" / "checkpoints" / "sft", 3)
+    monkeypatch.setattr(ev, "KAGGLE_INPUT", inputs)
+    run = tmp_path / "working" / "runs" / "cpu"
+    found = ev.find_checkpoint(run, "sft")
+    assert found.step == 3 and "training" in str(found.path)  # the input of this profile's run first
+    assert ev.find_checkpoint(tmp_path / "runs" / "smoke", "sft").step == 9
+    assert ev.find_checkpoint(tmp_path / "runs" / "tpu", "sft") is not None  # another profile's, if nothing else
+    assert ev.find_checkpoint(run, "grpo") is None
+
+
+# --- end to end on the smoke model -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_loaded):
+    return TrainingConfig.for_profile("smoke"), tiny_loaded
+
+
+def test_evaluate_model_on_the_smoke_model(smoke, tmp_path):
+    from course_utils.data import load_gsm8k
+
+    config, loaded = smoke
+    examples = load_gsm8k("test", source="synthetic", limit=3, verbose=False)
+    result = ev.evaluate_model(loaded, examples=examples, config=config, name="baseline", k=2, progress=False)
+    ev.save_results([result], tmp_path)
+    assert ev.reusable_result(tmp_path, "baseline", config, examples, k=2).metrics == result.metrics
+    assert ev.reusable_result(tmp_path, "baseline", config, examples, k=3) is None
+    assert ev.reusable_result(tmp_path, "baseline", config, examples[:2], k=2) is None
+    assert ev.reusable_result(tmp_path, "sft", config, examples, k=2) is None
+    assert "### Problem 0" in ev.format_replies(result, 2)
+    assert len(result.rows) == 3 and result.settings["k"] == 2 and result.settings["sampled_examples"] == 3
+    assert all(len(r["sampled"]["replies"]) == 2 for r in result.rows)
+    assert all(isinstance(r["response"], str) and r["length_tokens"] <= config.max_generation_length
+               for r in result.rows)
+    assert {"strict", "lenient", "format", "partial", "reward", "pass_at_k", "maj_at_k", "length_tokens"} <= set(result.metrics)
+    assert sum(result.errors.values()) == 3
+    again = ev.evaluate_model(loaded, examples=examples[:2], config=config, k=1, progress=False)
+    assert [r["response"] for r in again.rows] == [r["response"] for r in result.rows[:2]]  # greedy is deterministic
+    assert "sampled" not in again.rows[0]
+
+
+def test_load_trained_model_restores_saved_lora_weights(smoke, tmp_path):
+    import jax
+    from flax import nnx
+
+    from course_utils.export import save_tunix_lora
+    from course_utils.generate import forward_logits
+    from course_utils.lora import apply_lora
+
+    config, loaded = smoke
+    lora_model = apply_lora(loaded.model, config)
+    leaves, treedef = jax.tree.flatten(nnx.state(lora_model, nnx.LoRAParam))
+    nnx.update(lora_model, jax.tree.unflatten(treedef, [jax.numpy.full(x.shape, 0.01, x.dtype) for x in leaves]))
+    save_tunix_lora(lora_model, tmp_path / "checkpoints" / "sft", step=3, config=config)
+    found = ev.find_checkpoint(tmp_path, "sft", search_kaggle_inputs=False)
+    assert found.step == 3
+    trained = ev.load_trained_model(config, found, base=loaded)
+    tokens = np.array([[2, 10, 11, 12, 13]], dtype=np.int32)
+    assert np.array_equal(np.asarray(forward_logits(trained.model, tokens)), np.asarray(forward_logits(lora_model, tokens)))
+    wrong_rank = TrainingConfig.for_profile("smoke", lora_rank=config.lora_rank * 2)
+    with pytest.raises(ValueError, match="lora_rank"):
+        ev.load_trained_model(wrong_rank, found, base=loaded)

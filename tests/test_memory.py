@@ -1,0 +1,74 @@
+"""course_utils.memory: the memory table is computed from the config and the real shapes (part 04)."""
+
+import pytest
+
+from course_utils.config import TrainingConfig
+from course_utils.memory import GIB, TARGETS, format_memory_table, memory_table, target_tables, weight_counts
+from course_utils.model import count_parameters, tiny_model_config
+
+
+def _row(table, name):
+    return next(r for r in table if r["component"] == name)
+
+
+def test_weight_count_from_shapes_equals_the_loaded_models(cpu_loaded, tiny_loaded):
+    assert weight_counts(cpu_loaded.model_config)[0] == count_parameters(cpu_loaded.model)
+    assert weight_counts(tiny_loaded.model_config)[0] == count_parameters(tiny_loaded.model)
+
+
+def test_sharding_on_eight_devices_divides_the_big_matrices():
+    total, per_device = weight_counts(_one_b(), (1, 8))
+    assert 0.99e9 < total < 1.01e9  # Gemma 3 1B
+    # the embedding and all projections are split over 'tp'; norms and the single K/V head are not
+    assert total / 8 < per_device < total / 8 * 1.25
+
+
+def _one_b():
+    from course_utils.model import tunix_model_config
+
+    return tunix_model_config(TrainingConfig.for_profile("tpu"))
+
+
+def test_table_follows_the_config():
+    config = TrainingConfig.for_profile("cpu")
+    table = memory_table(config)
+    names = [r["component"] for r in table]
+    for needed in ("base weights", "LoRA weights", "optimiser state (AdamW)", "KV cache for the rollouts",
+                   "reference model", "total (lower bound)"):
+        assert needed in names
+    kv = config.global_batch_size * config.num_generations * config.cache_size * 18 * 2 * 1 * 256 * 4
+    assert _row(table, "KV cache for the rollouts")["total_gib"] == pytest.approx(kv / GIB)
+    assert _row(table, "reference model")["total_gib"] == 0  # shared with the LoRA model's base
+    lora = _row(table, "LoRA weights")["total_gib"]
+    assert _row(table, "optimiser state (AdamW)")["total_gib"] == pytest.approx(2 * lora)
+    assert _row(table, "total (lower bound)")["total_gib"] == pytest.approx(sum(r["total_gib"] for r in table[:-1]))
+    doubled = memory_table(TrainingConfig.for_profile("cpu", num_generations=2 * config.num_generations))
+    assert _row(doubled, "KV cache for the rollouts")["total_gib"] == pytest.approx(2 * kv / GIB)
+    bigger = memory_table(TrainingConfig.for_profile("cpu", lora_rank=2 * config.lora_rank))
+    assert _row(bigger, "LoRA weights")["total_gib"] == pytest.approx(2 * lora)
+
+
+def test_targets_cover_both_tpus_and_the_cpu_and_1b_fits_a_tpu():
+    tables = target_tables()
+    assert [t["name"] for t, _ in tables] == [t["name"] for t in TARGETS]
+    names = " / ".join(t["name"] for t in TARGETS)
+    assert "1B-it on TPU v3-8" in names and "1B-it on TPU v5e-8" in names and "270M on CPU" in names
+    for target, table in tables:
+        text = format_memory_table(table, target["name"], target["device_gib"])
+        assert target["name"] in text
+        if target["device_gib"]:
+            assert "fits" in text and "NOT" not in text
+            assert _row(table, "base weights")["per_device_gib"] < _row(table, "base weights")["total_gib"] / 4
+    bf16 = _row(tables[0][1], "base weights")["total_gib"]
+    assert bf16 == pytest.approx(weight_counts(_one_b())[0] * 2 / GIB)
+
+
+def test_a_model_too_big_for_the_device_is_flagged():
+    table = memory_table(TrainingConfig.for_profile("tpu", num_generations=64, cache_size=4096,
+                                                    max_generation_length=2048))
+    assert "does NOT fit" in format_memory_table(table, device_gib=16.0)
+
+
+def test_tiny_config_has_the_documented_size():
+    c = tiny_model_config()
+    assert (c.num_layers, c.embed_dim, c.hidden_dim, c.num_heads, c.head_dim, c.num_kv_heads) == (2, 64, 128, 4, 16, 1)
