@@ -2,6 +2,7 @@
 
     python -m course_utils.notebooks sync    # regenerate every .ipynb from its .py, no outputs
     python -m course_utils.notebooks check   # exit 1 naming each pair that drifted
+    python -m course_utils.notebooks badges  # rewrite the Kaggle/Colab links under each title
 
 Every notebook's first code cell is `BOOTSTRAP_CELL`, word for word, so each part opens on
 Kaggle as a single file; `check` enforces that too.
@@ -89,11 +90,36 @@ def sync(directory: Path = NOTEBOOK_DIR) -> list[Path]:
     return written
 
 
+def update_badges(directory: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Put the current "Open in Kaggle" / "Open in Colab" links (from `kaggle_job.GITHUB_REPO`)
+    on the line under each notebook's title, in the .py sources; then run `sync`."""
+    from course_utils.kaggle_job import badge_links
+
+    changed = []
+    for py, _ in notebook_pairs(directory):
+        lines = py.read_text().splitlines(keepends=True)
+        links = badge_links(py.stem)
+        line = f"# {links['kaggle_badge']} {links['colab_badge']}\n"
+        if len(lines) > 2 and "Open in Kaggle" in lines[2]:
+            if lines[2] == line:
+                continue
+            lines[2] = line
+        else:
+            lines[2:2] = [line, "#\n"]
+        py.write_text("".join(lines))
+        changed.append(py)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["sync", "check"])
+    parser.add_argument("command", choices=["sync", "check", "badges"])
     parser.add_argument("--dir", type=Path, default=NOTEBOOK_DIR)
     args = parser.parse_args(argv)
+    if args.command == "badges":
+        for path in update_badges(args.dir):
+            print("updated", path)
+        args.command = "sync"
     if args.command == "sync":
         for path in sync(args.dir):
             print("wrote", path)

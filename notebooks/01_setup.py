@@ -1,5 +1,6 @@
 # %% [markdown]
 # # Part 01 · Setup
+# [![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/01_setup.ipynb) [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/01_setup.ipynb)
 #
 # This course turns Gemma 3 into a model that reasons step by step before it answers, using
 # GRPO (Group Relative Policy Optimisation) and LoRA on Google's Tunix library for JAX. The model

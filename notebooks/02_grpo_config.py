@@ -1,5 +1,6 @@
 # %% [markdown]
 # # Part 02 · GRPO and the course configuration
+# [![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/02_grpo_config.ipynb) [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/02_grpo_config.ipynb)
 #
 # GRPO (Group Relative Policy Optimisation) improves a model with nothing but a reward: for each
 # question it samples a *group* of answers, scores them, and pushes the model towards the

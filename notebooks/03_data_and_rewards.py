@@ -1,5 +1,6 @@
 # %% [markdown]
 # # Part 03 · Data and rewards that cannot be fooled
+# [![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/03_data_and_rewards.ipynb) [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/03_data_and_rewards.ipynb)
 #
 # GRPO learns whatever the reward pays for, so this part builds both halves of the signal with
 # care: grade-school maths problems (GSM8K, or an offline generator with exact answers) and a

@@ -1,5 +1,6 @@
 # %% [markdown]
 # # Part 04 · The model and LoRA
+# [![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/04_model_and_lora.ipynb) [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/04_model_and_lora.ipynb)
 #
 # GRPO needs a model that can already write: Gemma 3. This part loads a *real* Gemma 3 on
 # whatever machine you have — the 1B instruction-tuned model on a Kaggle TPU, the 270M base

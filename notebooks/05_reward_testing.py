@@ -1,5 +1,6 @@
 # %% [markdown]
 # # Part 05 · Testing the reward before trusting it
+# [![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/05_reward_testing.ipynb) [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/05_reward_testing.ipynb)
 #
 # A policy trained with GRPO will find every way the reward can be paid without solving the
 # problem. Before part 06 spends hours of TPU time on it, this part attacks our reward: we

@@ -1,5 +1,6 @@
 # %% [markdown]
 # # Part 06 · Training: SFT warm-start, then GRPO
+# [![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/06_training.ipynb) [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/06_training.ipynb)
 #
 # This is where the model learns. A short supervised warm-up (SFT) teaches the answer format
 # and a habit of writing steps; then GRPO improves what the rewards of part 03 pay for:

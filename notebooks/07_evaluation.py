@@ -1,5 +1,6 @@
 # %% [markdown]
 # # Part 07 · Evaluation
+# [![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/07_evaluation.ipynb) [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/07_evaluation.ipynb)
 #
 # Training curves show that the reward went up; they do not show that the model reasons better.
 # This part measures that the way papers do: the same test problems for every model, greedy

@@ -1,5 +1,6 @@
 # %% [markdown]
 # # Part 08 · Export and share
+# [![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/08_export.ipynb) [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma3-grpo-course/gemma3-grpo-course/blob/main/notebooks/08_export.ipynb)
 #
 # The trained model lives as a base model plus small LoRA matrices in Tunix checkpoints. To be
 # useful elsewhere it has to load everywhere: in Hugging Face `transformers` (the LoRA merged into

@@ -101,3 +101,22 @@ def test_notebook_runs_under_smoke_with_nbmake(ipynb, smoke_run_dir):
         env=environ, capture_output=True, text=True, cwd=ipynb.parent,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("py", [py for py, _ in PAIRS], ids=lambda p: p.stem)
+def test_notebook_opens_with_kaggle_and_colab_links(py):
+    from course_utils.kaggle_job import badge_links
+
+    first = jupytext.read(py).cells[0].source
+    links = badge_links(py.stem)
+    assert links["kaggle_badge"] in first and links["colab_badge"] in first
+
+
+def test_badges_follow_the_repository_setting(tmp_path, monkeypatch):
+    py, _ = _copy_pair(tmp_path)
+    monkeypatch.setenv("COURSE_GITHUB_REPO", "someone/fork")
+    assert notebooks.update_badges(tmp_path) == [py]
+    assert "github/someone/fork/blob/main/notebooks/" + py.stem in py.read_text().splitlines()[2]
+    assert notebooks.update_badges(tmp_path) == []  # already current: nothing rewritten
+    notebooks.sync(tmp_path)
+    assert notebooks.problems(py, py.with_suffix(".ipynb")) == []
