@@ -273,16 +273,18 @@ def test_plot_score_distributions_writes_a_png(three_models, tmp_path):
 
 
 def _fake_step(root: Path, step: int) -> None:
+    """A committed Orbax step as Tunix writes it: arrays, then Orbax's step metadata."""
     params = root / str(step) / "model_params"
     params.mkdir(parents=True)
     (params / "_METADATA").write_text("{}")
+    (root / str(step) / "_CHECKPOINT_METADATA").write_text('{"custom_metadata": {}}')
 
 
 def test_find_checkpoint_prefers_the_newest_complete_step(tmp_path):
     assert ev.find_checkpoint(tmp_path, "sft", search_kaggle_inputs=False) is None
     _fake_step(tmp_path / "checkpoints" / "sft", 2)
     _fake_step(tmp_path / "checkpoints" / "sft", 10)
-    (tmp_path / "checkpoints" / "sft" / "20" / "model_params").mkdir(parents=True)  # empty: a killed save
+    (tmp_path / "checkpoints" / "sft" / "20" / "model_params").mkdir(parents=True)  # no metadata: a killed save
     found = ev.find_checkpoint(tmp_path, "sft", search_kaggle_inputs=False)
     assert found.step == 10 and found.path.name == "model_params"
     _fake_step(tmp_path / "checkpoints" / "grpo" / "actor", 4)  # RLCluster keeps the policy under actor/
