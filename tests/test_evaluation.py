@@ -335,6 +335,23 @@ def test_evaluate_model_on_the_smoke_model(smoke, tmp_path):
     assert "sampled" not in again.rows[0]
 
 
+def test_evaluate_or_reuse_saves_then_reuses_and_notices_a_new_checkpoint(smoke, tmp_path, monkeypatch, capsys):
+    from course_utils.data import load_gsm8k
+
+    config, loaded = smoke
+    examples = load_gsm8k("test", source="synthetic", limit=2, verbose=False)
+    first = ev.evaluate_or_reuse("sft", loaded, config, examples, tmp_path, checkpoint="step 3", progress=False)
+    assert [r.name for r in ev.load_results(tmp_path)] == ["sft"]
+    calls = []
+    real = ev.evaluate_model
+    monkeypatch.setattr(ev, "evaluate_model", lambda *a, **k: calls.append(k) or real(*a, **k))
+    again = ev.evaluate_or_reuse("sft", loaded, config, examples, tmp_path, checkpoint="step 3", progress=False)
+    assert calls == [] and again.metrics == first.metrics and "reusing" in capsys.readouterr().out
+    ev.evaluate_or_reuse("sft", loaded.model, config, examples, tmp_path, loaded=loaded, checkpoint="step 6",
+                         progress=False)
+    assert len(calls) == 1 and ev.load_results(tmp_path)[0].settings["checkpoint"] == "step 6"
+
+
 def test_load_trained_model_restores_saved_lora_weights(smoke, tmp_path):
     import jax
     from flax import nnx
