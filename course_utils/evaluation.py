@@ -764,7 +764,7 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
                    examples: Sequence[Any] = (), config: Any = None, *, name: str = "model",
                    k: int | None = None, sampled_examples: int | None = None, batch_size: int | None = None,
                    max_new_tokens: int | None = None, seed: int | None = None, weights: Mapping[str, float] | None = None,
-                   checkpoint: Any = None, progress: bool = True) -> EvalResult:
+                   checkpoint: Any = None, progress: bool = True, run_dir: str | os.PathLike | None = None) -> EvalResult:
     """Generate and score `examples` with one model (part 07).
 
     Greedy decoding (temperature 0) for the headline metrics, as the Kaggle Tunix competition
@@ -773,6 +773,8 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
     `config.eval_sampled_examples`; None there means all) for pass@k and maj@k. Prompts are
     `course_utils.data.build_prompt`, as in training. `checkpoint` (what the weights came from)
     is recorded in the settings, so `reusable_result` can recognise the same evaluation later.
+    With `run_dir`, greedy replies saved there for the same model, checkpoint, problems and
+    lengths (by part 06, say) are reused, and only the sampled replies are generated.
     The composite reward uses `weights`, by default the config's static (un-annealed) weights.
     """
     from course_utils.data import build_prompt
@@ -787,9 +789,14 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
     limit = config.max_generation_length if max_new_tokens is None else int(max_new_tokens)
     prompts = [build_prompt(_field(e, "question")) for e in examples]
     started = time.perf_counter()
-    replies = generate_replies(model, tokenizer, model_config, prompts, config, greedy=True, batch_size=batch_size,
-                               max_new_tokens=limit, desc=f"{name}: greedy", progress=progress)
-    greedy_seconds = time.perf_counter() - started
+    replies = _saved_greedy(run_dir, name, config, examples, limit, checkpoint) if run_dir is not None else None
+    if replies is None:
+        replies = generate_replies(model, tokenizer, model_config, prompts, config, greedy=True, batch_size=batch_size,
+                                   max_new_tokens=limit, desc=f"{name}: greedy", progress=progress)
+        greedy_seconds = time.perf_counter() - started
+    else:
+        print(f"{name}: reusing {len(replies)} saved greedy replies")
+        greedy_seconds = float(_saved_setting(run_dir, name, "seconds_greedy") or 0.0)
     # Re-tokenised lengths can exceed what was generated (a reply decodes to text that encodes
     # differently); a reply never has more than `limit` tokens.
     counts = [min(n, limit) for n in token_counts(tokenizer, replies)]
@@ -820,6 +827,24 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
     }
     return evaluate_responses(name, examples, replies, weights=weights, config=config, n_tokens=counts, max_new_tokens=limit, samples=samples, k=k if samples else None,
                               settings=settings, seed=seed)
+
+
+def _saved_greedy(run_dir: str | os.PathLike, name: str, config: Any, examples: Sequence[Any], limit: int,
+                  checkpoint: Any) -> list[str] | None:
+    """Greedy replies saved for `name` under the same config, checkpoint, problems and length."""
+    saved = {r.name: r for r in load_results(run_dir)}.get(name)
+    if saved is None:
+        return None
+    same = (saved.settings.get("config_fingerprint") == config.fingerprint()
+            and saved.settings.get("max_new_tokens") == limit
+            and saved.settings.get("checkpoint") == (None if checkpoint is None else str(checkpoint))
+            and [r.get("question") for r in saved.rows] == [_field(e, "question") for e in examples])
+    return [r["response"] for r in saved.rows] if same else None
+
+
+def _saved_setting(run_dir: str | os.PathLike, name: str, key: str) -> Any:
+    saved = {r.name: r for r in load_results(run_dir)}.get(name)
+    return None if saved is None else saved.settings.get(key)
 
 
 def reusable_result(run_dir: str | os.PathLike, name: str, config: Any, examples: Sequence[Any], *,
@@ -1193,7 +1218,7 @@ def evaluate_or_reuse(name: str, model: Any, config: Any, examples: Sequence[Any
     tokenizer = getattr(loaded, "tokenizer", None)
     model_config = getattr(loaded, "model_config", None)
     result = evaluate_model(model, tokenizer, model_config, examples, config, name=name, k=k,
-                            checkpoint=checkpoint, **kwargs)
+                            checkpoint=checkpoint, run_dir=run_dir, **kwargs)
     save_results([result], run_dir)
     return result
 

@@ -87,7 +87,7 @@ print(f"{len(splits['train'])} training problems, {len(held_out)} held-out probl
 # judging. Results are cached in the run directory, so a re-run does not pay for them again.
 
 # %%
-from course_utils.evaluation import evaluate_or_reuse, markdown_table, paired_bootstrap
+from course_utils.evaluation import evaluate_or_reuse, find_checkpoint, markdown_table, paired_bootstrap
 
 base = evaluate_or_reuse("baseline", loaded, config, held_out, RUN_DIR)
 print(markdown_table([base], ["format", "strict"]))
@@ -129,7 +129,7 @@ display(Image(str(plot_sft_loss(RUN_DIR / "metrics_sft.jsonl", RUN_DIR / "sft_lo
 
 # %%
 sft_eval = evaluate_or_reuse("sft", actor, config, held_out, RUN_DIR, loaded=loaded,
-                             checkpoint=training.latest_stage_checkpoint(RUN_DIR, "sft"))
+                             checkpoint=find_checkpoint(RUN_DIR, "sft", search_kaggle_inputs=False))
 print(markdown_table([base, sft_eval], ["format", "strict"]))
 
 # %% [markdown]
@@ -183,7 +183,7 @@ for phase, seconds in grpo.timings.items():
 
 # %%
 grpo_eval = evaluate_or_reuse("grpo", actor, config, held_out, RUN_DIR, loaded=loaded,
-                              checkpoint=training.latest_stage_checkpoint(RUN_DIR, "grpo"))
+                              checkpoint=find_checkpoint(RUN_DIR, "grpo", search_kaggle_inputs=False))
 print(markdown_table([base, sft_eval, grpo_eval], ["format", "strict"]))
 for metric in ("format", "strict"):
     gain = paired_bootstrap(grpo_eval.values(metric), sft_eval.values(metric), seed=config.seed)

@@ -150,7 +150,8 @@ print("majority of ['18', '18.0', '20', None]:", ev.majority_answer(["18", "18.0
 # The baseline is the model before any training, asked the same prompts (part 03's
 # `build_prompt`) in batches through Tunix's sampler. Greedy decoding gives the headline numbers,
 # as in the Kaggle Tunix competition's judging; then k sampled replies per problem for the first
-# `SAMPLED_EXAMPLES` problems. A result saved earlier under the same settings is reused.
+# `SAMPLED_EXAMPLES` problems. A result saved earlier under the same settings is reused, and so
+# are the greedy replies part 06 saved for the same checkpoint: only the sampled ones are new.
 
 # %%
 from course_utils.model import load_model
@@ -160,7 +161,8 @@ base = load_model(config)
 print(base.source)
 baseline = ev.reusable_result(RUN_DIR, "baseline", config, test, **settings) if REUSE_SAVED else None
 if baseline is None:
-    baseline = ev.evaluate_model(base, examples=test, config=config, name="baseline", seed=BOOTSTRAP_SEED, **settings)
+    baseline = ev.evaluate_model(base, examples=test, config=config, name="baseline", seed=BOOTSTRAP_SEED,
+                                 run_dir=RUN_DIR, **settings)
     ev.save_results([baseline], RUN_DIR)
 print({m: round(s["mean"], 3) for m, s in baseline.metrics.items()})
 
@@ -180,7 +182,7 @@ for stage, found in checkpoints.items():
     if result is None:
         trained = ev.load_trained_model(config, found, base=base)
         result = ev.evaluate_model(trained, examples=test, config=config, name=stage, checkpoint=found,
-                                   seed=BOOTSTRAP_SEED, **settings)
+                                   seed=BOOTSTRAP_SEED, run_dir=RUN_DIR, **settings)
         ev.save_results([result], RUN_DIR)
     results.append(result)
 print("evaluated:", [r.name for r in results])

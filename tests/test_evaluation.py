@@ -373,3 +373,21 @@ def test_load_trained_model_restores_saved_lora_weights(smoke, tmp_path):
     wrong_rank = TrainingConfig.for_profile("smoke", lora_rank=config.lora_rank * 2)
     with pytest.raises(ValueError, match="lora_rank"):
         ev.load_trained_model(wrong_rank, found, base=loaded)
+
+
+def test_evaluate_model_reuses_saved_greedy_replies_and_only_samples(smoke, tmp_path, monkeypatch):
+    from course_utils.data import load_gsm8k
+
+    config, loaded = smoke
+    examples = load_gsm8k("test", source="synthetic", limit=2, verbose=False)
+    greedy = ev.evaluate_or_reuse("grpo", loaded, config, examples, tmp_path, checkpoint="step 4", progress=False)
+    calls = []
+    real = ev.generate_replies
+    monkeypatch.setattr(ev, "generate_replies", lambda *a, **k: calls.append(k["greedy"]) or real(*a, **k))
+    both = ev.evaluate_model(loaded, examples=examples, config=config, name="grpo", k=2, checkpoint="step 4",
+                             run_dir=tmp_path, progress=False)
+    assert calls == [False, False]  # two sampled rounds; the greedy replies came from disk
+    assert [r["response"] for r in both.rows] == [r["response"] for r in greedy.rows]
+    ev.evaluate_model(loaded, examples=examples, config=config, name="grpo", k=1, checkpoint="step 8",
+                      run_dir=tmp_path, progress=False)
+    assert calls[-1] is True  # another checkpoint: generated again
