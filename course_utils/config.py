@@ -175,6 +175,17 @@ class TrainingConfig:
             return tuple(f.name for f in dataclasses.fields(self) if f.name not in SESSION_FIELDS)
         raise ValueError(f"stage={stage!r} is unknown; use 'sft' or 'grpo'")
 
+    def evaluation_fields(self, name: str) -> tuple[str, ...]:
+        """The fields an evaluation of model `name` depends on (parts 06, 07): the baseline only
+        on decoding, data and reward settings; "sft" also on SFT's; anything else on all."""
+        known = {f.name for f in dataclasses.fields(self)}
+        fields = tuple(f for f in EVAL_FIELDS if f in known)
+        if name == "baseline":
+            return fields
+        if name == "sft":
+            return tuple(dict.fromkeys(fields + SFT_FIELDS))
+        return tuple(f.name for f in dataclasses.fields(self))
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the configuration as JSON (part 02 saves it into the run directory)."""
         path = Path(path)
@@ -213,6 +224,13 @@ SFT_FIELDS = (
     "model", "param_dtype", "seed", "data_source", "train_examples", "lora_rank", "lora_alpha",
     "adam_b1", "adam_b2", "weight_decay", "sft_steps", "sft_learning_rate", "sft_batch_size",
     "sft_max_length",
+)
+
+# What an evaluation of the untrained model depends on (see TrainingConfig.evaluation_fields).
+EVAL_FIELDS = (
+    "model", "param_dtype", "kaggle_handle", "seed", "data_source", "train_examples", "val_examples",
+    "eval_examples", "max_prompt_length", "max_generation_length", "cache_size", "temperature", "top_p",
+    "top_k", "eval_samples_k", "eval_sampled_examples", *REWARD_WEIGHT_FIELDS, "verbosity_penalty",
 )
 
 # What each profile changes from the full-size defaults. Nothing else differs.

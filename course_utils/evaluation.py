@@ -821,7 +821,7 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
         "seconds_greedy": round(greedy_seconds, 2), "seconds_sampled": round(sampled_seconds, 2),
         "tokens_per_second_greedy": round(sum(counts) / greedy_seconds, 1) if greedy_seconds > 0 else None,
         "profile": getattr(config, "profile", None), "model": getattr(config, "model", None),
-        "config_fingerprint": config.fingerprint() if hasattr(config, "fingerprint") else None,
+        "config_fingerprint": config.fingerprint(config.evaluation_fields(name)) if hasattr(config, "fingerprint") else None,
         "hardware": hardware_description(),
         "checkpoint": None if checkpoint is None else str(checkpoint),
     }
@@ -835,7 +835,7 @@ def _saved_greedy(run_dir: str | os.PathLike, name: str, config: Any, examples: 
     saved = {r.name: r for r in load_results(run_dir)}.get(name)
     if saved is None:
         return None
-    same = (saved.settings.get("config_fingerprint") == config.fingerprint()
+    same = (saved.settings.get("config_fingerprint") == config.fingerprint(config.evaluation_fields(name))
             and saved.settings.get("max_new_tokens") == limit
             and saved.settings.get("checkpoint") == (None if checkpoint is None else str(checkpoint))
             and [r.get("question") for r in saved.rows] == [_field(e, "question") for e in examples])
@@ -859,7 +859,7 @@ def reusable_result(run_dir: str | os.PathLike, name: str, config: Any, examples
     if sampled_examples is None:
         sampled_examples = getattr(config, "eval_sampled_examples", None)
     m = len(examples) if sampled_examples is None else max(0, min(int(sampled_examples), len(examples)))
-    want = {"config_fingerprint": config.fingerprint(), "examples": len(examples),
+    want = {"config_fingerprint": config.fingerprint(config.evaluation_fields(name)), "examples": len(examples),
             "k": k if k > 1 and m else None, "sampled_examples": m if k > 1 else 0,
             "max_new_tokens": config.max_generation_length if max_new_tokens is None else int(max_new_tokens),
             "checkpoint": None if checkpoint is None else str(checkpoint)}

@@ -162,3 +162,15 @@ def test_load_run_config_prefers_saved_file(monkeypatch, tmp_path, capsys):
     assert "loaded" in capsys.readouterr().out
     with pytest.raises(ValueError, match="holds profile 'smoke', not 'cpu'"):
         load_run_config("cpu")
+
+
+def test_evaluation_fields_follow_what_each_model_depends_on():
+    a = TrainingConfig.for_profile("cpu")
+    grpo_change = dataclasses.replace(a, beta=0.3, max_steps=99)
+    sft_change = dataclasses.replace(a, sft_steps=5)
+    decode_change = dataclasses.replace(a, max_generation_length=100, cache_size=300)
+    same = lambda x, y, name: x.fingerprint(x.evaluation_fields(name)) == y.fingerprint(y.evaluation_fields(name))  # noqa: E731
+    assert same(a, grpo_change, "baseline") and same(a, grpo_change, "sft") and not same(a, grpo_change, "grpo")
+    assert same(a, sft_change, "baseline") and not same(a, sft_change, "sft")
+    assert not same(a, decode_change, "baseline")
+    assert set(a.evaluation_fields("baseline")) <= set(a.evaluation_fields("sft")) <= set(a.to_dict())
