@@ -13,7 +13,6 @@ counted in the next.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import statistics

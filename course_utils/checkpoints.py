@@ -44,6 +44,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from course_utils.files import atomic_write
+
 if TYPE_CHECKING:
     from course_utils.config import TrainingConfig
 
@@ -268,13 +270,7 @@ def _versions() -> dict[str, str]:
 
 def _write_sidecar(path: Path, meta: dict) -> None:
     """Write `meta.json` atomically: temp file, flush, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2, default=_json_default, allow_nan=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(meta, indent=2, default=_json_default, allow_nan=True) + "\n")
     _fsync_dir(path.parent)
 
 

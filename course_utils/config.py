@@ -188,12 +188,9 @@ class TrainingConfig:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the configuration as JSON (part 02 saves it into the run directory)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-        return path
+        from course_utils.files import atomic_write
+
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainingConfig":

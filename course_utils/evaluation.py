@@ -52,6 +52,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from course_utils.files import atomic_write
+
 ERROR_CATEGORIES = ("correct", "truncated", "no_answer", "format_broken", "wrong_arithmetic", "wrong_answer")
 # The per-reply 0/1 or real-valued scores that get a mean and a bootstrap interval.
 BASE_METRICS = ("strict", "lenient", "format", "partial", "reward")
@@ -1031,12 +1033,6 @@ def results_dir(run_dir: str | os.PathLike) -> Path:
     return path
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, Fraction):
         return str(value)
@@ -1066,13 +1062,13 @@ def save_results(results: Sequence[EvalResult], run_dir: str | os.PathLike) -> d
     data = comparison(ordered)
     payload = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "comparison": data,
                "results": [r.to_dict() for r in ordered]}
-    _atomic_write(path_json, json.dumps(payload, indent=1, default=_json_default, allow_nan=True) + "\n")
-    _atomic_write(folder / "results.md", markdown_table(ordered, data=data) + "\n")
+    atomic_write(path_json, json.dumps(payload, indent=1, default=_json_default, allow_nan=True) + "\n")
+    atomic_write(folder / "results.md", markdown_table(ordered, data=data) + "\n")
     paths = {"json": path_json, "markdown": folder / "results.md"}
     for result in results:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", result.name)
         lines = "".join(json.dumps(row, default=_json_default, allow_nan=True) + "\n" for row in result.rows)
-        _atomic_write(folder / f"{safe}.jsonl", lines)
+        atomic_write(folder / f"{safe}.jsonl", lines)
         paths[result.name] = folder / f"{safe}.jsonl"
     return paths
 

@@ -35,6 +35,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from course_utils.files import atomic_write
+
 REWARD_COMPONENTS = ("format", "coherence", "correctness", "efficiency", "calibration")
 
 # The row fields part 06 logs per GRPO step; the plots read these names. Unknown extra fields
@@ -88,7 +90,7 @@ class MetricsLogger:
         if self.path.exists():
             rows = [r for r in read_metrics(self.path) if _valid_step(r.get("step"))]
             if _needs_repair(self.path, len(rows)):
-                _atomic_write(self.path, "".join(_json_line(r) for r in rows))
+                atomic_write(self.path, "".join(_json_line(r) for r in rows))
             self._rows = rows
         else:
             self.path.touch()  # so read_metrics(logger.path) works before the first step
@@ -166,7 +168,7 @@ class MetricsLogger:
         dropped = len(self._rows) - len(kept)
         if dropped:
             self._rows = kept
-            _atomic_write(self.path, "".join(_json_line(r) for r in kept))
+            atomic_write(self.path, "".join(_json_line(r) for r in kept))
             self._columns = _columns(kept)
             self._write_csv()
         return dropped
@@ -177,7 +179,7 @@ class MetricsLogger:
         writer.writeheader()
         for row in self._rows:
             writer.writerow(_csv_row(row))
-        _atomic_write(self.csv_path, buffer.getvalue() if self._columns else "")
+        atomic_write(self.csv_path, buffer.getvalue() if self._columns else "")
 
     def __repr__(self) -> str:
         return f"MetricsLogger({str(self.run_dir)!r}, {self.stage!r}: {len(self)} rows, last step {self.last_step})"
@@ -323,15 +325,6 @@ def _needs_repair(path: Path, good_rows: int) -> bool:
     if data and not data.endswith(b"\n"):
         return True
     return sum(1 for line in data.split(b"\n") if line.strip()) != good_rows
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def is_finite_number(value: Any) -> bool:

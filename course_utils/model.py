@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from course_utils.files import atomic_write
 from course_utils.tokenizer import (
     EOS_TOKENS,
     check_tokenizer,
@@ -187,7 +188,7 @@ def tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> Any:
     if not path.exists():
         gguf_path = gemma3_270m_gguf_path()
         data = sentencepiece_from_gguf(*gguf_vocabulary(gguf_path), vocab_size=vocab_size)
-        _atomic_write_bytes(path, data)
+        atomic_write(path, data)
     return load_sentencepiece(path)
 
 
@@ -259,15 +260,8 @@ def _file_identity(path: Path) -> str:
         return seen["sha256"]
     digest = _sha256(path)
     index[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    _atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
+    atomic_write(index_path, json.dumps(index, indent=1).encode())
     return digest
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def model_config_from_gguf(reader: Any, dtype: Any = None) -> Any:

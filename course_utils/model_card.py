@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from course_utils.export import BASE_MODEL_IDS, GEMMA_TERMS_URL
 
