@@ -791,14 +791,15 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
     limit = config.max_generation_length if max_new_tokens is None else int(max_new_tokens)
     prompts = [build_prompt(_field(e, "question")) for e in examples]
     started = time.perf_counter()
-    replies = _saved_greedy(run_dir, name, config, examples, limit, checkpoint) if run_dir is not None else None
-    if replies is None:
+    saved = _saved_greedy(run_dir, name, config, examples, limit, checkpoint) if run_dir is not None else None
+    if saved is None:
         replies = generate_replies(model, tokenizer, model_config, prompts, config, greedy=True, batch_size=batch_size,
                                    max_new_tokens=limit, desc=f"{name}: greedy", progress=progress)
         greedy_seconds = time.perf_counter() - started
     else:
+        replies = [r["response"] for r in saved.rows]
         print(f"{name}: reusing {len(replies)} saved greedy replies")
-        greedy_seconds = float(_saved_setting(run_dir, name, "seconds_greedy") or 0.0)
+        greedy_seconds = float(saved.settings.get("seconds_greedy") or 0.0)
     # Re-tokenised lengths can exceed what was generated (a reply decodes to text that encodes
     # differently); a reply never has more than `limit` tokens.
     counts = [min(n, limit) for n in token_counts(tokenizer, replies)]
@@ -831,22 +832,22 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
                               settings=settings, seed=seed)
 
 
+def saved_result(run_dir: str | os.PathLike, name: str) -> EvalResult | None:
+    """The result named `name` that `save_results` wrote into this run, if any (part 07)."""
+    return {r.name: r for r in load_results(run_dir)}.get(name)
+
+
 def _saved_greedy(run_dir: str | os.PathLike, name: str, config: Any, examples: Sequence[Any], limit: int,
-                  checkpoint: Any) -> list[str] | None:
-    """Greedy replies saved for `name` under the same config, checkpoint, problems and length."""
-    saved = {r.name: r for r in load_results(run_dir)}.get(name)
+                  checkpoint: Any) -> EvalResult | None:
+    """The saved result of `name` whose greedy replies fit: same config, checkpoint, problems, length."""
+    saved = saved_result(run_dir, name)
     if saved is None:
         return None
     same = (saved.settings.get("config_fingerprint") == config.fingerprint(config.evaluation_fields(name))
             and saved.settings.get("max_new_tokens") == limit
             and saved.settings.get("checkpoint") == (None if checkpoint is None else str(checkpoint))
             and [r.get("question") for r in saved.rows] == [_field(e, "question") for e in examples])
-    return [r["response"] for r in saved.rows] if same else None
-
-
-def _saved_setting(run_dir: str | os.PathLike, name: str, key: str) -> Any:
-    saved = {r.name: r for r in load_results(run_dir)}.get(name)
-    return None if saved is None else saved.settings.get(key)
+    return saved if same else None
 
 
 def reusable_result(run_dir: str | os.PathLike, name: str, config: Any, examples: Sequence[Any], *,
@@ -854,7 +855,7 @@ def reusable_result(run_dir: str | os.PathLike, name: str, config: Any, examples
                     max_new_tokens: int | None = None) -> EvalResult | None:
     """The result of `name` saved by an earlier run of part 07, if it was made under exactly these
     settings (same config fingerprint, problems, k, lengths and checkpoint); else None."""
-    saved = {r.name: r for r in load_results(run_dir)}.get(name)
+    saved = saved_result(run_dir, name)
     if saved is None:
         return None
     k = config.eval_samples_k if k is None else int(k)
