@@ -461,9 +461,10 @@ def prompts_that_fit(examples: Sequence[Any], tokenizer: Any, config: TrainingCo
     A longer prompt would make Tunix's sampler round the prompt up past the KV cache.
     """
     from course_utils.data import build_prompt
+    from course_utils.generate import prompt_token_counts
 
-    tok = _tokenizer_adapter(tokenizer)
-    kept = [e for e in examples if len(tok.encode(build_prompt(e.question))) + 1 <= config.max_prompt_length]
+    counts = prompt_token_counts(_tokenizer_adapter(tokenizer), [build_prompt(e.question) for e in examples])
+    kept = [e for e, n in zip(examples, counts) if n <= config.max_prompt_length]
     if not kept:
         raise ValueError(
             f"no prompt fits max_prompt_length={config.max_prompt_length} tokens; raise "
