@@ -49,17 +49,26 @@ def latest_stage_checkpoint(run_dir: str | Path, stage: str) -> Any:
 
 
 
-def phase_at(step: int, max_steps: int) -> str:
-    """Curriculum phase of GRPO step `step` (0-based): thirds of the run, easy → medium → hard."""
+def phase_at(step: int, max_steps: int, shares: tuple[float, float] = (1 / 3, 1 / 3)) -> str:
+    """Curriculum phase of GRPO step `step` (0-based), easy → medium → hard: the first
+    `shares[0]` of the run is easy, the next `shares[1]` medium, the rest hard (default: thirds)."""
     if max_steps <= 0:
         raise ValueError(f"max_steps={max_steps} must be positive")
-    return PHASES[min(len(PHASES) - 1, max(0, step) * len(PHASES) // max_steps)]
+    easy_end = math.ceil(round(shares[0] * max_steps, 9))
+    medium_end = math.ceil(round((shares[0] + shares[1]) * max_steps, 9))
+    step = max(0, step)
+    return PHASES[0] if step < easy_end else PHASES[1] if step < medium_end else PHASES[2]
+
+
+def curriculum_shares(config: TrainingConfig) -> tuple[float, float]:
+    """The config's (easy, medium) shares of the GRPO run; hard gets the rest."""
+    return config.curriculum_easy_share, config.curriculum_medium_share
 
 
 def phase_of_step(step: int, config: TrainingConfig) -> str:
     """Curriculum phase of optimiser step `step` (1-based): the phase of the batch it learns from."""
     batches = grpo_batch_count(config)
-    return phase_at((max(1, step) - 1) * batches // config.max_steps, batches)
+    return phase_at((max(1, step) - 1) * batches // config.max_steps, batches, curriculum_shares(config))
 
 
 def grpo_batch_count(config: TrainingConfig) -> int:
@@ -87,7 +96,7 @@ def curriculum(examples: Sequence[Any], config: TrainingConfig) -> list[Any]:
     order = []
     batches = grpo_batch_count(config)
     for batch in range(batches):
-        phase = phase_at(batch, batches)
+        phase = phase_at(batch, batches, curriculum_shares(config))
         pool = pools[phase]
         for _ in range(config.global_batch_size):
             order.append(pool[cursor[phase] % len(pool)])
@@ -506,12 +515,28 @@ def grpo_batches(order: Sequence[Any], config: TrainingConfig, *, rollout_config
         }
 
 
-def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequence[Callable]) -> Callable[..., dict]:
+def show_on_progress_bar(trainer: Any, values: dict[str, float]) -> None:
+    """Show `values` (this step's reward and accuracy) on Tunix's GRPO progress bar (part 06).
+
+    Tunix 0.1.7's bar shows only the actor's loss, perplexity and KL, averaged over the run; the
+    course adds the rollout's current reward beside them, next to tqdm's ETA. The bar is the
+    trainer's `_pbar` (Tunix has no public hook for it): where a Tunix version has none, nothing
+    is shown and nothing fails.
+    """
+    metrics = getattr(getattr(trainer, "_pbar", None), "metrics", None)
+    if isinstance(metrics, dict):
+        for name, value in values.items():
+            metrics[f"rollout_train_{name}"] = round(float(value), 3)  # Tunix keeps "<prefix>_train_<name>" keys
+
+
+def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequence[Callable],
+                      show: Callable[[dict[str, float]], None] | None = None) -> Callable[..., dict]:
     """A Tunix metric function: the course's per-step numbers beyond what Tunix logs itself.
 
     Reward mean/std in total and per component (the breakdowns the reward functions just paid,
     `reward_fns[0].last_breakdowns()`), the share of groups whose G rewards all tie (zero
-    advantage: no learning signal), truncation rate, reward weights, batch index.
+    advantage: no learning signal), truncation rate, reward weights, batch index. `show`, if
+    given, receives the step's reward (and accuracy) for the progress bar.
     """
     tok = _tokenizer_adapter(tokenizer)
 
@@ -539,6 +564,9 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
             out["course/accuracy"] = (float(np.mean([b.correct for b in breakdowns])), np.mean)
         if "batch_index" in kwargs:
             out["course/batch_index"] = (float(np.min(kwargs["batch_index"])), np.min)
+        if show is not None:
+            show({"reward": out["course/reward_mean"][0],
+                  **({"accuracy": out["course/accuracy"][0]} if "course/accuracy" in out else {})})
         return out
 
     return metrics
@@ -598,7 +626,8 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
         algo_config=GRPOConfig(num_generations=config.num_generations, num_iterations=config.num_iterations,
                                beta=config.beta, epsilon=config.epsilon, kl_loss_mode=config.kl_loss_mode),
         reward_fns=reward_fns,
-        metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns)],
+        metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns,
+                                      show=lambda values: show_on_progress_bar(cluster.actor_trainer, values))],
     )
     trainer = cluster.actor_trainer
     _install_sidecar(trainer, "grpo", config, logger, lambda step: phase_of_step(step, config))

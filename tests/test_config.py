@@ -79,6 +79,9 @@ def test_unknown_field_is_named():
         ({"global_batch_size": 6, "mini_batch_size": 4}, r"global_batch_size=6 is not allowed: must be a multiple of mini_batch_size=4"),
         ({"mini_batch_size": 4, "micro_batch_size": 3}, r"mini_batch_size=4 is not allowed: must be a multiple of micro_batch_size=3"),
         ({"max_prompt_length": 600, "max_generation_length": 512}, r"cache_size=1024 is not allowed: must hold.*600 \+ 512 = 1112"),
+        ({"curriculum_easy_share": 1.5}, r"curriculum_easy_share=1.5 is not allowed: must be a finite number in \[0.0, 1.0\]"),
+        ({"curriculum_easy_share": 0.7, "curriculum_medium_share": 0.5},
+         r"curriculum_medium_share=0.5 is not allowed: curriculum_easy_share \+ curriculum_medium_share must be <= 1"),
     ],
 )
 def test_each_bad_value_is_named(changes, message):

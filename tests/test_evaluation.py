@@ -391,3 +391,24 @@ def test_evaluate_model_reuses_saved_greedy_replies_and_only_samples(smoke, tmp_
     ev.evaluate_model(loaded, examples=examples, config=config, name="grpo", k=1, checkpoint="step 8",
                       run_dir=tmp_path, progress=False)
     assert calls[-1] is True  # another checkpoint: generated again
+
+
+def test_generate_replies_batches_prompts_of_similar_length_and_keeps_their_order(monkeypatch):
+    import course_utils.generate as gen
+
+    class Words:  # one token per word
+        def encode(self, text):
+            return text.split()
+
+    batches = []
+
+    def fake_generate(model, tokenizer, model_config, prompts, config, **kwargs):
+        batches.append([len(p.split()) for p in prompts])
+        return [f"reply to {p}" for p in prompts]
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    prompts = [" ".join(["w"] * n) + f" #{i}" for i, n in enumerate([9, 1, 7, 3, 8, 2, 5])]
+    config = TrainingConfig.for_profile("smoke")
+    replies = ev.generate_replies(None, Words(), None, prompts, config, batch_size=3, progress=False)
+    assert replies == [f"reply to {p}" for p in prompts]
+    assert batches == [[2, 3, 4], [6, 8, 9], [10]]  # shortest first, three to a batch

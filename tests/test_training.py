@@ -30,6 +30,22 @@ def test_phase_at_splits_the_run_in_thirds():
     assert training.phase_at(0, 1) == "easy"
     with pytest.raises(ValueError):
         training.phase_at(0, 0)
+    for n in range(1, 40):  # the shares' default is exactly the integer thirds
+        assert [training.phase_at(s, n) for s in range(n)] == [
+            training.PHASES[min(2, s * 3 // n)] for s in range(n)]
+
+
+def test_curriculum_shares_set_how_long_each_phase_lasts():
+    assert [training.phase_at(s, 10, (0.5, 0.3)) for s in range(10)] == ["easy"] * 5 + ["medium"] * 3 + ["hard"] * 2
+    assert [training.phase_at(s, 4, (0.0, 1.0)) for s in range(4)] == ["medium"] * 4
+    config = dataclasses.replace(SMOKE, max_steps=10, global_batch_size=1, mini_batch_size=1,
+                                 curriculum_easy_share=0.5, curriculum_medium_share=0.3)
+    order = training.curriculum(_examples(4), config)
+    assert [e.difficulty for e in order] == ["easy"] * 5 + ["medium"] * 3 + ["hard"] * 2
+    assert [training.phase_of_step(s, config) for s in range(1, 11)] == [e.difficulty for e in order]
+    cpu = TrainingConfig.for_profile("cpu")
+    phases = [training.phase_of_step(s, cpu) for s in range(1, cpu.max_steps + 1)]
+    assert phases[0] == "easy" and phases[-1] == "hard" and phases.count("easy") > phases.count("hard")
 
 
 def test_curriculum_is_ordered_by_difficulty_and_deterministic():
@@ -112,6 +128,25 @@ def test_metrics_backend_pairs_each_update_with_the_rollouts_it_learned_from():
         assert row["reward_mean"] == pytest.approx(0.1 * batch)
         assert row["completion_length_mean"] == 10 + batch and row["policy_loss"] == 1.0 + batch
         assert row["phase"] == "x" and "loss" not in row
+
+
+def test_the_progress_bar_shows_the_current_reward_of_each_step():
+    from course_utils.model import tiny_tokenizer
+    from tunix.sft import metrics_logger, progress_bar
+
+    shown = []
+    metrics = training.grpo_step_metrics(SMOKE, tiny_tokenizer(), [], show=shown.append)
+    g = SMOKE.num_generations
+    for rewards in ([0.0, 1.0] * (g // 2), [0.25] * g):
+        metrics(["p"] * g, ["a"] * g, np.array(rewards), np.zeros(g))
+    assert shown == [{"reward": 0.5}, {"reward": 0.25}]
+    bar = progress_bar.ProgressBar("actor", metrics_logger.MetricsLogger(), 0, 4, "GRPO")
+    trainer = type("Trainer", (), {"_pbar": bar})()
+    training.show_on_progress_bar(trainer, {"reward": 0.123456, "accuracy": 0.25})
+    bar.update()  # Tunix keeps "<prefix>_train_<name>" keys on the bar and drops others
+    assert bar.metrics == {"rollout_train_reward": 0.123, "rollout_train_accuracy": 0.25}
+    bar.close()
+    training.show_on_progress_bar(object(), {"reward": 1.0})  # no bar (another Tunix): nothing fails
 
 
 def test_prompts_that_fit_drops_long_prompts(capsys):
