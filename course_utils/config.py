@@ -24,6 +24,8 @@ PROFILES = ("smoke", "cpu", "gpu", "tpu")
 MODELS = ("tiny", "gemma3-270m", "gemma3-1b-it")
 PARAM_DTYPES = ("bfloat16", "float32")
 KL_MODES = ("low_var_kl", "kl", "mse_kl")
+CONTROLS = (None, "lr0", "shuffle")
+DIFFICULTIES = ("easy", "medium", "hard")
 DATA_SOURCES = ("auto", "synthetic", "local", "huggingface", "kaggle")
 REWARD_WEIGHT_FIELDS = (
     "format_reward_weight",
@@ -104,6 +106,18 @@ class TrainingConfig:
     anneal_correct_weight_start: float = 0.40
     anneal_correct_weight_end: float = 0.60
     verbosity_penalty: float = 0.1  # subtracted × verbosity (0–1) for over-long or looping replies
+
+    # --- which prompts GRPO trains on (part 06): pass-rate filtering with the SFT policy -------
+    # k replies per candidate at the rollout temperature; keep prompts solved sometimes, not always.
+    filter_prompts: bool = False  # train on the filtered prompts (else the curriculum over all)
+    filter_samples_k: int = 8  # k samples per candidate prompt
+    filter_candidates: int = 256  # candidate prompts measured
+    filter_difficulties: str = "easy,medium,hard"  # comma-separated difficulties the candidates come from
+    filter_pass_rate_min: float = 0.1  # keep min <= p̂ <= max (k = 8: 1 to 7 of 8 right)
+    filter_pass_rate_max: float = 0.9
+    # A control run through the same code (part 06 proof): None | "lr0" (learning rate 0) |
+    # "shuffle" (rewards shuffled within each group: the update sees no real signal).
+    control: str | None = None
 
     # --- SFT warm-start (part 06, stage 1) ------------------------------------------------------
     sft_steps: int = 200
@@ -323,6 +337,13 @@ def _validate(c: TrainingConfig) -> None:
         _fail("grpo_reference", c.grpo_reference, "choose 'sft' or 'base'")
     if c.kl_loss_mode not in KL_MODES:
         _fail("kl_loss_mode", c.kl_loss_mode, f"choose one of {', '.join(KL_MODES)}")
+    if c.control not in CONTROLS:
+        _fail("control", c.control, "choose None, 'lr0' (learning rate 0) or 'shuffle' (rewards shuffled within groups)")
+    if not isinstance(c.filter_prompts, bool):
+        _fail("filter_prompts", c.filter_prompts, "must be True or False")
+    chosen = [d.strip() for d in c.filter_difficulties.split(",")] if isinstance(c.filter_difficulties, str) else None
+    if not chosen or any(d not in DIFFICULTIES for d in chosen):
+        _fail("filter_difficulties", c.filter_difficulties, "a comma-separated list of easy, medium, hard, e.g. 'easy,medium'")
     if c.data_source not in DATA_SOURCES:
         _fail("data_source", c.data_source, f"choose one of {', '.join(DATA_SOURCES)}")
 
@@ -360,6 +381,12 @@ def _validate(c: TrainingConfig) -> None:
     for name in ("sft_batch_size", "sft_max_length", "eval_batch_size", "keep_checkpoints"):
         integer(name, 1)
     integer("eval_samples_k", 1)
+    integer("filter_samples_k", 1)
+    integer("filter_candidates", 1)
+    number("filter_pass_rate_min", 0.0, 1.0)
+    number("filter_pass_rate_max", 0.0, 1.0)
+    if c.filter_pass_rate_min > c.filter_pass_rate_max:
+        _fail("filter_pass_rate_min", c.filter_pass_rate_min, f"must be <= filter_pass_rate_max={c.filter_pass_rate_max}")
     integer("eval_sampled_examples", 0, optional=True)
 
     number("beta", 0.0, 10.0)

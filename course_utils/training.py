@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from course_utils.config import TrainingConfig
+from course_utils.filtering import mixed_group_fraction
 
 PHASES = ("easy", "medium", "hard")
 EOS_TOKENS = [1, 106]  # <eos>, <end_of_turn>
@@ -113,6 +114,39 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int) -> 
         init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=0.0,
     )
+
+
+def grpo_learning_rate(config: TrainingConfig) -> float:
+    """GRPO's peak learning rate: `config.learning_rate`, or 0 for the control run `control="lr0"`
+    (rollouts, rewards and updates all run; the weights cannot move)."""
+    return 0.0 if config.control == "lr0" else config.learning_rate
+
+
+def shuffle_within_groups(reward_fns: Sequence[Callable], group_size: int, seed: int) -> list[Callable]:
+    """The control `control="shuffle"`: each reward function's outputs permuted within every
+    group of G, by one permutation shared by all functions of a step (their sum is shuffled as a
+    whole, so a reply is paid another reply's total). The update then sees rewards with no
+    relation to its replies; the logged accuracy and mixed-group share stay the true ones."""
+    import zlib
+
+    def permutation(completions: Any) -> np.ndarray:
+        text = "\x00".join(str(c) for c in completions)
+        rng = np.random.default_rng([seed, zlib.crc32(text.encode("utf-8", "replace"))])
+        groups = len(completions) // group_size
+        return rng.permuted(np.tile(np.arange(group_size), (groups, 1)), axis=1)
+
+    def wrap(fn: Callable) -> Callable:
+        def shuffled(prompts: Any, completions: Any, answer: Any, **kwargs: Any) -> list[float]:
+            values = np.asarray(fn(prompts, completions, answer, **kwargs), dtype=np.float64)
+            grouped = values.reshape(-1, group_size)
+            return np.take_along_axis(grouped, permutation(list(completions)), axis=1).ravel().tolist()
+
+        shuffled.__name__ = shuffled.__qualname__ = fn.__name__
+        if hasattr(fn, "last_breakdowns"):
+            shuffled.last_breakdowns = fn.last_breakdowns  # type: ignore[attr-defined]
+        return shuffled
+
+    return [wrap(fn) for fn in reward_fns]
 
 
 def make_optimizer(config: TrainingConfig, *, peak: float, total_steps: int, warmup_steps: int,
@@ -485,6 +519,41 @@ def prompts_that_fit(examples: Sequence[Any], tokenizer: Any, config: TrainingCo
     return kept
 
 
+def grpo_prompts(config: TrainingConfig, actor: Any, tokenizer: Any, examples: Sequence[Any],
+                 run_dir: str | Path, *, model_config: Any = None,
+                 pass_rates_dir: str | Path | None = None) -> list[Any]:
+    """The prompts GRPO trains on (part 06): every example whose prompt fits, or, with
+    `config.filter_prompts`, the candidates the actor (the SFT policy) solves sometimes.
+
+    Filtering samples `filter_samples_k` replies to each of `filter_candidates` candidates (of
+    `filter_difficulties`) at the rollout temperature — cached in `pass_rates_dir` (default
+    ``<run_dir>/pass_rates``), so a resumed run reads them instead — and keeps those with
+    `filter_pass_rate_min ≤ p̂ ≤ filter_pass_rate_max`.
+    """
+    from course_utils import filtering
+
+    fitting = prompts_that_fit(examples, tokenizer, config)
+    if not config.filter_prompts:
+        return fitting
+    sft = latest_stage_checkpoint(run_dir, "sft") if config.sft_steps else None
+    rates = filtering.measure_pass_rates(
+        actor, tokenizer, model_config if model_config is not None else actor.config,
+        filtering.candidate_prompts(fitting, config), config,
+        pass_rates_dir or Path(run_dir) / filtering.PASS_RATES_DIR, name="train-before",
+        checkpoint=None if sft is None else f"sft step {sft.step}")
+    kept = filtering.select_by_pass_rate(rates, config)
+    stats = filtering.summary(rates, config)
+    print(f"filter: {stats['selected']} of {stats['prompts']} prompts solved sometimes "
+          f"({stats['never']} never, {stats['always']} always; mean p̂ {stats['mean_pass_rate']:.2f}, k={stats['k']})")
+    if not kept:
+        raise ValueError(
+            f"no candidate prompt has a pass rate in [{config.filter_pass_rate_min}, {config.filter_pass_rate_max}] "
+            f"({stats['never']} never solved, {stats['always']} always): widen the bounds, raise "
+            "filter_candidates or filter_samples_k, or choose other filter_difficulties"
+        )
+    return filtering.examples_of(kept, fitting)
+
+
 def grpo_batches(order: Sequence[Any], config: TrainingConfig, *, rollout_config: Any = None,
                  deadline: Deadline | None = None, skip: int = 0) -> Iterator[dict[str, Any]]:
     """GRPO's input batches (Tunix wants dicts whose `prompts` are plain strings).
@@ -535,7 +604,9 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
 
     Reward mean/std in total and per component (the breakdowns the reward functions just paid,
     `reward_fns[0].last_breakdowns()`), the share of groups whose G rewards all tie (zero
-    advantage: no learning signal), truncation rate, reward weights, batch index. `show`, if
+    advantage: no learning signal), the share of groups whose correctness is mixed
+    (`mixed_group_frac`: the correctness signal), rollout accuracy and format rate, truncation
+    rate, reward weights, batch index. `show`, if
     given, receives the step's reward (and accuracy) for the progress bar.
     """
     tok = _tokenizer_adapter(tokenizer)
@@ -561,7 +632,11 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
         if breakdowns:
             for name, value in breakdowns[0].weights.items():
                 out[f"course/weight_{name}"] = (float(value), np.mean)
-            out["course/accuracy"] = (float(np.mean([b.correct for b in breakdowns])), np.mean)
+            correct = [b.correct for b in breakdowns]
+            out["course/accuracy"] = (float(np.mean(correct)), np.mean)
+            out["course/format_rate"] = (float(np.mean([b.components["format"] >= 1.0 for b in breakdowns])), np.mean)
+            if len(correct) % config.num_generations == 0:
+                out["course/mixed_group_frac"] = (mixed_group_fraction(correct, config.num_generations), np.mean)
         if "batch_index" in kwargs:
             out["course/batch_index"] = (float(np.min(kwargs["batch_index"])), np.min)
         if show is not None:
@@ -574,11 +649,15 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
 
 def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: Any,
                examples: Sequence[Any], run_dir: str | Path, mesh: Any, *,
-               deadline: Deadline | None = None, allow_config_change: bool = False) -> StageResult:
+               deadline: Deadline | None = None, allow_config_change: bool = False,
+               model_config: Any = None, pass_rates_dir: str | Path | None = None) -> StageResult:
     """GRPO with Tunix's RLCluster + GRPOLearner (part 06, stage 2).
 
     `actor` is the LoRA model (after SFT), `reference` the frozen model the KL term anchors to.
     Rewards are the course's composite reward, annealed per step when the config says so.
+    The prompts are `grpo_prompts`: with `config.filter_prompts`, those the actor solves
+    sometimes (pass rates cached in `pass_rates_dir`, default ``<run_dir>/pass_rates``).
+    `config.control` turns the run into a control ("lr0", "shuffle") through the same code.
     """
     from tunix.rl import rl_cluster as rl_cluster_lib
     from tunix.rl.grpo.grpo_learner import GRPOConfig, GRPOLearner
@@ -590,8 +669,11 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
     run_dir = Path(run_dir)
     directory = checkpoint_dir(run_dir, "grpo")
     _check_fingerprint(directory, config, "grpo", allow_config_change)
+    prompts = grpo_prompts(config, actor, tokenizer, examples, run_dir, model_config=model_config,
+                           pass_rates_dir=pass_rates_dir)
     logger = MetricsLogger(run_dir, "grpo")
-    lr = learning_rate_schedule(config.learning_rate, config.max_steps, config.warmup_steps)
+    peak = grpo_learning_rate(config)
+    lr = learning_rate_schedule(peak, config.max_steps, config.warmup_steps)
     backend = _StepRowsBackend(logger, _GRPO_SOURCES, lambda step, seconds: {
         "stage": "grpo", "phase": phase_of_step(step, config), "learning_rate": float(lr(step - 1)),
         "seconds_per_step": seconds})
@@ -601,7 +683,7 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
         top_k=config.top_k, eos_tokens=EOS_TOKENS,
     )
     training_config = rl_cluster_lib.RLTrainingConfig(
-        actor_optimizer=make_optimizer(config, peak=config.learning_rate, total_steps=config.max_steps,
+        actor_optimizer=make_optimizer(config, peak=peak, total_steps=config.max_steps,
                                        warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm),
         eval_every_n_steps=10**9, max_steps=config.max_steps,
         mini_batch_size=config.mini_batch_size, train_micro_batch_size=config.micro_batch_size,
@@ -621,6 +703,8 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
     timings = _time_phases(cluster)
     # The annealed weights follow optimiser steps (units of config.max_steps).
     reward_fns = make_reward_fns(config, step_fn=lambda: int(cluster.actor_trainer.train_steps))
+    if config.control == "shuffle":
+        reward_fns = shuffle_within_groups(reward_fns, config.num_generations, config.seed)
     learner = GRPOLearner(
         rl_cluster=cluster,
         algo_config=GRPOConfig(num_generations=config.num_generations, num_iterations=config.num_iterations,
@@ -635,7 +719,7 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
     per_batch = config.max_steps / grpo_batch_count(config)
     cluster.global_steps = int(start // per_batch)  # batches done (Tunix 0.1.7's last save omits it)
     logger.resume(start)
-    order = curriculum(prompts_that_fit(examples, tokenizer, config), config)
+    order = curriculum(prompts, config)
     deadline = deadline or Deadline(config.time_budget_minutes)
     started = time.perf_counter()
     backend.arrived[start] = started
@@ -681,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
                     allow_config_change=args.allow_config_change).message())
     reference = make_reference(loaded.model, actor, config, mesh)
     result = train_grpo(config, actor, reference, loaded.tokenizer, train, run, mesh, deadline=deadline,
-                        allow_config_change=args.allow_config_change)
+                        allow_config_change=args.allow_config_change, model_config=loaded.model_config)
     print(result.message())
     return 0
 
