@@ -119,6 +119,39 @@ def _sft_figure(rows: Sequence[Mapping[str, Any]], title: str | None) -> Any:
 # --- helpers ---------------------------------------------------------------------------------
 
 
+SIGNAL_PANELS = (("mixed_group_frac", "Mixed-correctness groups (the signal)", "share of groups"),
+                 ("accuracy", "Rollout accuracy", "share correct"),
+                 ("reward_mean", "Reward", "mean reward"),
+                 ("completion_length_mean", "Reply length", "tokens"))
+
+
+def plot_signal_curves(runs: History | Mapping[str, History], path: str | os.PathLike, *,
+                       title: str | None = None) -> Path:
+    """Four panels over GRPO steps, saved as a PNG (part 06): the share of groups with mixed
+    correctness, the rollouts' accuracy, the reward and the reply length. `runs` is one history
+    or several by label (e.g. {"GRPO": ..., "control (lr0)": ...}), drawn in the same panels."""
+    from matplotlib.figure import Figure
+
+    labelled = dict(runs) if isinstance(runs, Mapping) and not _is_row(runs) else {"GRPO": runs}
+    histories = {label: _rows(h) if not isinstance(h, (str, os.PathLike)) or Path(h).exists() else []
+                 for label, h in labelled.items()}
+    fig = Figure(figsize=(12, 8), dpi=100, layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    fig.suptitle(title or "GRPO signal over steps")
+    for ax, (key, name, ylabel) in zip(axes, SIGNAL_PANELS):
+        drawn = False
+        for label, rows in histories.items():
+            drawn = _line(ax, rows, key, label) or drawn
+        _finish(ax, name, ylabel, drawn)
+    for ax in axes[2:]:
+        ax.set_xlabel("GRPO step")
+    return _save(fig, path)
+
+
+def _is_row(value: Any) -> bool:
+    return isinstance(value, Mapping) and "step" in value
+
+
 def _rows(history: History) -> list[Mapping[str, Any]]:
     if isinstance(history, (str, os.PathLike)):
         history = read_metrics(history)
