@@ -26,6 +26,11 @@ PARAM_DTYPES = ("bfloat16", "float32")
 KL_MODES = ("low_var_kl", "kl", "mse_kl")
 CONTROLS = (None, "lr0", "shuffle")
 DIFFICULTIES = ("easy", "medium", "hard")
+# How GRPO's per-token loss is averaged (Tunix 0.1.7's `aggregate_loss`), and how advantages are
+# computed from a group's rewards (Tunix's registered estimators).
+LOSS_AGG_MODES = ("sequence-mean-token-mean", "token-mean", "sequence-mean-token-scale",
+                  "seq-mean-token-sum", "sequence-mean-token-sum-norm")
+ADVANTAGE_ESTIMATORS = ("grpo", "drgrpo", "rloo")
 DATA_SOURCES = ("auto", "synthetic", "local", "huggingface", "kaggle")
 REWARD_WEIGHT_FIELDS = (
     "format_reward_weight",
@@ -63,6 +68,16 @@ class TrainingConfig:
     num_iterations: int = 1  # μ: policy updates per batch of rollouts
     kl_loss_mode: str = "low_var_kl"  # KL estimator: low_var_kl (k3, as in GRPO) | kl | mse_kl
     grpo_reference: str = "sft"  # π_ref of the KL term: "sft" (the policy GRPO starts from) | "base"
+    # Loss aggregation: Tunix's default averages each reply's tokens, then the replies (a long
+    # wrong reply costs less per token); "token-mean" (DAPO) weighs every token alike,
+    # "sequence-mean-token-scale" (Dr. GRPO) divides by the generation limit.
+    loss_agg_mode: str = "sequence-mean-token-mean"
+    # Advantage A from the group's rewards: "grpo" (r − mean) / std, "drgrpo" r − mean (no
+    # std scaling of small differences), "rloo" r − mean of the other G − 1.
+    advantage_estimator: str = "grpo"
+    # Put <end_of_turn> into the completion of every reply that stopped by itself, so the stop
+    # token is trained with the reply's advantage (Tunix's rollout drops it otherwise).
+    learn_to_stop: bool = True
     max_steps: int = 500  # GRPO optimiser steps
     # Curriculum (part 06): shares of the GRPO steps on easy, then medium problems; hard gets the rest.
     curriculum_easy_share: float = 1 / 3
@@ -245,6 +260,8 @@ EVAL_FIELDS = (
     "model", "param_dtype", "kaggle_handle", "seed", "data_source", "train_examples", "val_examples",
     "eval_examples", "max_prompt_length", "max_generation_length", "cache_size", "temperature", "top_p",
     "top_k", "eval_samples_k", "eval_sampled_examples", *REWARD_WEIGHT_FIELDS, "verbosity_penalty",
+    # the composite reward is scored with the last GRPO step's weights (rewards.final_weights)
+    "anneal_reward_weights", "anneal_trace_weight_end", "anneal_correct_weight_end",
 )
 
 # What each profile changes from the full-size defaults. Nothing else differs.
@@ -265,6 +282,10 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
         mini_batch_size=2,
         micro_batch_size=2,
         beta=0.2,  # β: a firmer anchor to the SFT policy (measured: keeps format ≥ 90 %)
+        # Dr. GRPO advantages and DAPO token-mean loss: chosen from the literature for the length
+        # bias (issue 11), not yet measured on this profile: the proof run measures them.
+        loss_agg_mode="token-mean",
+        advantage_estimator="drgrpo",
         learning_rate=3e-5,
         warmup_ratio=0.1,
         max_grad_norm=1.0,
@@ -344,6 +365,12 @@ def _validate(c: TrainingConfig) -> None:
     chosen = [d.strip() for d in c.filter_difficulties.split(",")] if isinstance(c.filter_difficulties, str) else None
     if not chosen or any(d not in DIFFICULTIES for d in chosen):
         _fail("filter_difficulties", c.filter_difficulties, "a comma-separated list of easy, medium, hard, e.g. 'easy,medium'")
+    if c.loss_agg_mode not in LOSS_AGG_MODES:
+        _fail("loss_agg_mode", c.loss_agg_mode, f"choose one of {', '.join(LOSS_AGG_MODES)}")
+    if c.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+        _fail("advantage_estimator", c.advantage_estimator, f"choose one of {', '.join(ADVANTAGE_ESTIMATORS)}")
+    if not isinstance(c.learn_to_stop, bool):
+        _fail("learn_to_stop", c.learn_to_stop, "must be True or False")
     if c.data_source not in DATA_SOURCES:
         _fail("data_source", c.data_source, f"choose one of {', '.join(DATA_SOURCES)}")
 

@@ -17,7 +17,8 @@ Metrics per reply (each averaged over problems, each with a bootstrap 95 % inter
   `format_ok`).
 * ``partial`` — the tagged answer is a number within 10 % of the gold answer (Tunix's GRPO demo
   calls this partial accuracy).
-* ``reward`` and ``reward_<component>`` — the composite reward of part 03 and its components.
+* ``reward`` and ``reward_<component>`` — the composite reward of part 03 and its components,
+  exactly as GRPO pays it: with the question, and the last GRPO step's weights.
 * ``length_tokens`` — the reply's length in tokens (re-tokenised), ``length_chars`` in characters.
 
 Every reply also gets exactly one ``error`` category, checked in this order:
@@ -375,13 +376,28 @@ def format_ok(response: Any) -> bool:
 
 
 def _reward_parts(response: str, gold: str, weights: Mapping[str, float] | None, config: Any,
-                  difficulty: str | None) -> tuple[float, dict[str, float]]:
+                  difficulty: str | None, question: str | None) -> tuple[float, dict[str, float]]:
+    """The composite reward as GRPO pays it: part 03's `score_batch` (the function behind
+    `make_reward_fns`) with the question, the difficulty and, by default, the weights of the
+    last GRPO step (`rewards.final_weights`)."""
     from course_utils import rewards
 
-    breakdown = rewards.composite_reward(response, gold, weights=dict(weights) if weights else None,
-                                         config=config, difficulty=difficulty)
+    chosen = dict(weights) if weights else rewards.final_weights(config)
+    breakdown = rewards.score_batch([response], [gold], config, difficulties=[difficulty], weights=chosen,
+                                    questions=[question])[0]
     parts = {str(k): float(v) for k, v in breakdown.components.items()}
     return float(breakdown.total), parts
+
+
+def is_truncated(response: Any, n_tokens: int | None, max_new_tokens: int | None) -> bool:
+    """True when a reply never stopped (parts 06 and 07): it reached the generation limit
+    (`max_new_tokens`, within `TRUNCATION_SLACK` tokens) without ending on a closed
+    ``</answer>``. Without a length or a limit nothing is truncated. GRPO's per-step
+    truncation rate and evaluation's ``truncated`` category both use this definition."""
+    if n_tokens is None or max_new_tokens is None:
+        return False
+    text = response if isinstance(response, str) else ""
+    return n_tokens >= max_new_tokens - TRUNCATION_SLACK and not _ends_with_answer(text)
 
 
 def _ends_with_answer(text: str) -> bool:
@@ -409,11 +425,13 @@ def error_category(*, strict: bool, truncated: bool, has_number: bool, tagged_an
 
 def score_reply(response: Any, gold: str, *, weights: Mapping[str, float] | None = None, config: Any = None,
                 difficulty: str | None = None, n_tokens: int | None = None,
-                max_new_tokens: int | None = None) -> dict[str, Any]:
+                max_new_tokens: int | None = None, question: str | None = None) -> dict[str, Any]:
     """All scores of one reply against the gold answer, as a flat dict (part 07).
 
-    The composite reward is part 03's `composite_reward` with `weights` (default: the config's
-    static weights), `config` (default `TrainingConfig()`) and the problem's `difficulty`.
+    The composite reward is exactly what GRPO pays for this reply (part 03's `score_batch`):
+    with the problem's `question` (which grounds the arithmetic), its `difficulty`, `config`
+    (default `TrainingConfig()`) and `weights` (default: the last GRPO step's,
+    `rewards.final_weights`). Without the question, made-up arithmetic is not recognised.
     `n_tokens` (the reply's length in tokens) and `max_new_tokens` (the generation limit) decide
     ``truncated``; without them a reply is never called truncated. Any input is handled: a
     non-string reply scores as empty, never raises.
@@ -429,9 +447,8 @@ def score_reply(response: Any, gold: str, *, weights: Mapping[str, float] | None
     formatted = format_ok(text)
     calculations = check_arithmetic(text)
     wrong = [c.text for c in calculations if not c.ok]
-    truncated = (n_tokens is not None and max_new_tokens is not None
-                 and n_tokens >= max_new_tokens - TRUNCATION_SLACK and not _ends_with_answer(text))
-    total, parts = _reward_parts(text, gold, weights, config, difficulty)
+    truncated = is_truncated(text, n_tokens, max_new_tokens)
+    total, parts = _reward_parts(text, gold, weights, config, difficulty, question)
     row: dict[str, Any] = {
         "strict": strict,
         "lenient": last is not None and numbers_equal(last, gold),
@@ -455,16 +472,18 @@ def score_reply(response: Any, gold: str, *, weights: Mapping[str, float] | None
 
 def score_replies(responses: Sequence[Any], golds: Sequence[str], *, weights: Mapping[str, float] | None = None,
                   config: Any = None, difficulties: Sequence[str | None] | None = None,
-                  n_tokens: Sequence[int] | None = None, max_new_tokens: int | None = None) -> list[dict[str, Any]]:
-    """`score_reply` for each (reply, gold) pair (part 07)."""
+                  n_tokens: Sequence[int] | None = None, max_new_tokens: int | None = None,
+                  questions: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+    """`score_reply` for each (reply, gold) pair (part 07), with its question when given."""
     if len(responses) != len(golds):
         raise ValueError(f"{len(responses)} replies but {len(golds)} gold answers: they must pair up one to one.")
-    for name, values in (("n_tokens", n_tokens), ("difficulties", difficulties)):
+    for name, values in (("n_tokens", n_tokens), ("difficulties", difficulties), ("questions", questions)):
         if values is not None and len(values) != len(responses):
             raise ValueError(f"{name} has {len(values)} entries for {len(responses)} replies.")
     return [score_reply(r, g, weights=weights, config=config,
                         difficulty=None if difficulties is None else difficulties[i],
-                        n_tokens=None if n_tokens is None else n_tokens[i], max_new_tokens=max_new_tokens)
+                        n_tokens=None if n_tokens is None else n_tokens[i], max_new_tokens=max_new_tokens,
+                        question=None if questions is None else questions[i])
             for i, (r, g) in enumerate(zip(responses, golds))]
 
 
@@ -687,7 +706,7 @@ def evaluate_responses(name: str, examples: Sequence[Any], responses: Sequence[s
     golds = [str(_field(e, "answer")) for e in examples]
     difficulties = [_field(e, "difficulty", None) for e in examples]
     rows = score_replies(responses, golds, weights=weights, config=config, difficulties=difficulties,
-                         n_tokens=n_tokens, max_new_tokens=max_new_tokens)
+                         n_tokens=n_tokens, max_new_tokens=max_new_tokens, questions=questions)
     for row, example, question, gold, reply in zip(rows, examples, questions, golds, responses):
         row.update(question=question, gold=gold, response=reply if isinstance(reply, str) else "",
                    difficulty=_field(example, "difficulty", None))
@@ -788,7 +807,8 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
     is recorded in the settings, so `reusable_result` can recognise the same evaluation later.
     With `run_dir`, greedy replies saved there for the same model, checkpoint, problems and
     lengths (by part 06, say) are reused, and only the sampled replies are generated.
-    The composite reward uses `weights`, by default the config's static (un-annealed) weights.
+    The composite reward is what GRPO paid (with the question), with `weights`, by default
+    the last GRPO step's (`rewards.final_weights`).
     """
     from course_utils.data import build_prompt
 

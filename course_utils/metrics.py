@@ -56,7 +56,7 @@ GRPO_FIELDS: dict[str, str] = {
     "kl": "KL divergence of the policy to the reference model",
     "policy_loss": "GRPO loss of the update",
     "completion_length_mean": "mean completion length in tokens",
-    "truncation_rate": "share of completions cut off at max_generation_length",
+    "truncation_rate": "share of completions that never stopped (evaluation.is_truncated)",
     "learning_rate": "optimiser learning rate at this step",
     "weight_<component>": "reward weight of each component at this step (annealed)",
     "seconds_per_step": "wall-clock seconds of this step",

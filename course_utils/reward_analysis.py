@@ -38,6 +38,7 @@ from course_utils.rewards import (
     _overconfidence,
     _Reply,
     annealed_weights,
+    final_weights,
     composite_reward,
     gold_value,
     question_numbers,
@@ -406,7 +407,7 @@ def weight_presets(config: Any) -> dict[str, dict[str, float]]:
     return {
         "config (static)": static_weights(config),
         "annealed, step 0": annealed_weights(config, 0),
-        "annealed, last step": annealed_weights(config, config.max_steps),
+        "annealed, last step": final_weights(config),
         "math-focused": {"format": 0.15, "coherence": 0.10, "correctness": 0.75, "efficiency": 0.0, "calibration": 0.0},
         "explanation-focused": {"format": 0.20, "coherence": 0.40, "correctness": 0.40, "efficiency": 0.0,
                                 "calibration": 0.0},
@@ -434,7 +435,7 @@ def ablation_schemes(config: Any) -> dict[str, dict[str, float]]:
         "correctness only": {"correctness": 1.0},
         "+ trace": static_weights(config),
         "+ confidence": annealed_weights(config, 0),
-        "annealed (end)": annealed_weights(config, config.max_steps),
+        "annealed (end)": final_weights(config),
     }
 
 
@@ -548,7 +549,7 @@ def plot_annealing(config: Any, path: str | os.PathLike, points: int = 101) -> P
     """The annealed reward weights over training steps, stacked, saved as a PNG (part 03)."""
     from matplotlib.figure import Figure
 
-    steps = [config.max_steps * i / (points - 1) for i in range(points)]
+    steps = [(config.max_steps - 1) * i / (points - 1) for i in range(points)]
     weights = [annealed_weights(config, s) for s in steps]
     fig = Figure(figsize=(9, 4), dpi=100, layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)

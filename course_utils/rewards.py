@@ -711,7 +711,10 @@ def static_weights(config: Any = None) -> dict[str, float]:
 def annealed_weights(config: Any, step: float) -> dict[str, float]:
     """The reward weights at training `step` when annealing (part 03). They sum to 1.
 
-    With t = step / max_steps (clamped to [0, 1]), linear in t:
+    `step` is the 0-based optimiser step whose rollouts are being scored: 0 … max_steps − 1.
+    With t = step / (max_steps − 1) (clamped to [0, 1]; t = 1 when max_steps is 1), linear in t,
+    so the first step pays the start weights and the last step exactly the end weights
+    (`final_weights`):
 
     - trace = format + coherence: ``anneal_trace_weight_start → _end`` (0.45 → 0.25), split
       between format and coherence in the config's static ratio (0.25 : 0.20);
@@ -727,7 +730,11 @@ def annealed_weights(config: Any, step: float) -> dict[str, float]:
     """
     config = config or _default_config()
     step = float(step)
-    t = 0.0 if not math.isfinite(step) else min(1.0, max(0.0, step / config.max_steps))
+    span = config.max_steps - 1
+    if span <= 0:
+        t = 1.0  # a one-step run: its only step is the last
+    else:
+        t = 0.0 if not math.isfinite(step) else min(1.0, max(0.0, step / span))
     trace = config.anneal_trace_weight_start + (config.anneal_trace_weight_end - config.anneal_trace_weight_start) * t
     correct = config.anneal_correct_weight_start + (
         config.anneal_correct_weight_end - config.anneal_correct_weight_start) * t
@@ -741,6 +748,14 @@ def annealed_weights(config: Any, step: float) -> dict[str, float]:
         "efficiency": efficiency,
         "calibration": max(0.0, 1.0 - trace - correct - efficiency),
     }
+
+
+def final_weights(config: Any = None) -> dict[str, float]:
+    """The weights the last GRPO step pays (part 03): the annealing's end weights when the config
+    anneals, else the static ones. Evaluation (part 07) scores replies with these, so its
+    composite reward is what training paid at the end."""
+    config = config or _default_config()
+    return reward_weights(config, config.max_steps - 1)
 
 
 def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
@@ -884,7 +899,7 @@ def make_reward_fns(
     `answer` is the dataset's gold column (repeated G times by Tunix), and the other dataset
     columns arrive in kwargs — a ``difficulty`` column, if present, drives the difficulty-aware
     trace scoring, and a ``question`` column (else the prompt) grounds the equations.
-    `step_fn()` returns the current training step, in the units of ``config.max_steps``, for
+    `step_fn()` returns the 0-based optimiser step being rolled out (0 … ``config.max_steps`` − 1), for
     annealing (without it the static weights apply).
 
     Tunix adds the functions' outputs, so with `per_component` (default) there is one function
@@ -931,7 +946,7 @@ def make_reward_fns(
     if not per_component:
         fns = [composite_fn]
     else:
-        start, end = reward_weights(config, 0), reward_weights(config, config.max_steps)
+        start, end = reward_weights(config, 0), final_weights(config)
         static = static_weights(config)
         used = [k for k in COMPONENTS if start[k] or end[k] or static[k]]
         fns = [component_fn(k) for k in used]

@@ -105,15 +105,31 @@ def curriculum(examples: Sequence[Any], config: TrainingConfig) -> list[Any]:
     return order
 
 
-def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int) -> Any:
-    """Linear warm-up to `peak`, then cosine decay to 0 (the official Tunix recipe)."""
+def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int) -> Callable[[Any], Any]:
+    """Linear warm-up to `peak`, then cosine decay towards 0 (the official Tunix recipe), as a
+    function of optax's update count (part 06).
+
+    optax evaluates a schedule at the count of updates done so far, so the first update reads
+    count 0. The schedule here is shifted by one: update k (1-based) runs at
+    `peak × k / warmup_steps` during warm-up (never at 0) and the last update at a small
+    positive rate. `update_learning_rate(schedule, k)` reads the rate of update k.
+    """
     import optax
 
     warmup = max(0, min(warmup_steps, total_steps - 1))
-    return optax.schedules.warmup_cosine_decay_schedule(
+    shifted = optax.schedules.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=0.0,
+        decay_steps=max(total_steps, warmup + 1) + 1, end_value=0.0,
     )
+    return lambda count: shifted(count + 1)
+
+
+def update_learning_rate(schedule: Callable[[Any], Any], k: int) -> float:
+    """The learning rate optax applies in update `k` (1-based) under `schedule` (part 06): the
+    schedule read at count k − 1, the number of updates done before it. Metrics log this."""
+    if k < 1:
+        raise ValueError(f"update k={k} must be >= 1 (updates are counted from 1)")
+    return float(schedule(k - 1))
 
 
 def grpo_learning_rate(config: TrainingConfig) -> float:
@@ -412,7 +428,7 @@ def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequ
     logger = MetricsLogger(run_dir, "sft")
     lr = learning_rate_schedule(config.sft_learning_rate, config.sft_steps, max(1, config.sft_steps // 10))
     backend = _StepRowsBackend(logger, _SFT_SOURCES, lambda step, seconds: {
-        "stage": "sft", "learning_rate": float(lr(step - 1)), "seconds_per_step": seconds})
+        "stage": "sft", "learning_rate": update_learning_rate(lr, step), "seconds_per_step": seconds})
     training_config = peft_trainer.TrainingConfig(
         eval_every_n_steps=10**9, max_steps=config.sft_steps,
         checkpoint_root_directory=str(directory),
@@ -477,6 +493,53 @@ def _time_phases(cluster: Any) -> dict[str, list[float]]:
     for name, attribute in GRPO_PHASES.items():
         setattr(cluster, attribute, timed(name, getattr(cluster, attribute)))
     return timings
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The id of Gemma's ``<end_of_turn>`` in `tokenizer` (106 in Gemma 3's vocabulary)."""
+    ids = list(_tokenizer_adapter(tokenizer).encode(END_OF_TURN))
+    if len(ids) != 1:
+        raise ValueError(f"the tokenizer encodes {END_OF_TURN} as {ids}, not one token: it is not Gemma's")
+    return int(ids[0])
+
+
+def completions_with_stop(tokens: Sequence[np.ndarray], max_tokens: int, stop_id: int) -> list[np.ndarray]:
+    """Completion tokens with the stop token put back on every reply that stopped by itself
+    (part 06, `config.learn_to_stop`).
+
+    Tunix's rollout cuts each completion before its end token, so the loss never sees the
+    decision to stop and GRPO cannot reinforce it. A reply shorter than `max_tokens` ended on
+    an end token: `stop_id` is appended, and the stop gets the reply's advantage like any other
+    token. A reply that ran to the limit never stopped and is left as it is.
+    """
+    return [np.append(np.asarray(t), np.asarray(stop_id, np.asarray(t).dtype)) if len(t) < max_tokens
+            else np.asarray(t) for t in tokens]
+
+
+def _learn_to_stop(cluster: Any, config: TrainingConfig, stop_id: int) -> None:
+    """Make the cluster's rollout return completions that keep their stop token."""
+    generate = cluster.generate
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        output = generate(*args, **kwargs)
+        output.tokens = completions_with_stop(output.tokens, config.max_generation_length, stop_id)
+        return output
+
+    cluster.generate = wrapper
+
+
+def reward_step(train_steps: int, config: TrainingConfig) -> float:
+    """The GRPO step, 0 … max_steps − 1, whose rollouts are being scored when the actor has
+    made `train_steps` updates (part 06): the annealed reward weights read it.
+
+    One batch of rollouts feeds (global / mini batch) × μ updates, so batch b is step
+    b × (max_steps − 1) / (batches − 1): the first batch pays the start weights, the last one
+    exactly the end weights, whatever the batch sizes.
+    """
+    batches = grpo_batch_count(config)
+    per_batch = (config.global_batch_size // config.mini_batch_size) * config.num_iterations
+    batch = min(batches - 1, max(0, int(train_steps) // per_batch))
+    return float(config.max_steps - 1) if batches == 1 else batch * (config.max_steps - 1) / (batches - 1)
 
 
 def make_reference(base: Any, actor: Any, config: TrainingConfig, mesh: Any = None) -> Any:
@@ -609,6 +672,8 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
     rate, reward weights, batch index. `show`, if
     given, receives the step's reward (and accuracy) for the progress bar.
     """
+    from course_utils.evaluation import is_truncated
+
     tok = _tokenizer_adapter(tokenizer)
 
     def metrics(prompts: list[str], completions: list[str], rewards: Any, advantages: Any,
@@ -619,9 +684,12 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
             "course/reward_std": (float(grouped.std()), np.mean),
             "course/zero_advantage_frac": (float(np.mean(np.ptp(grouped, axis=1) < 1e-9)), np.mean),
         }
-        lengths = [len(tok.encode(c)) for c in completions]
-        out["course/truncation_rate"] = (float(np.mean([n >= config.max_generation_length for n in lengths])), np.mean)
-        breakdowns = reward_fns[0].last_breakdowns() if reward_fns else []
+        limit = config.max_generation_length
+        lengths = [min(len(tok.encode(c)), limit) for c in completions]
+        out["course/truncation_rate"] = (
+            float(np.mean([is_truncated(c, n, limit) for c, n in zip(completions, lengths)])), np.mean)
+        last = getattr(reward_fns[0], "last_breakdowns", None) if reward_fns else None
+        breakdowns = last() if last is not None else []
         parts: dict[str, list[float]] = {}
         for breakdown in breakdowns:
             for name, value in breakdown.components.items():
@@ -650,11 +718,15 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
 def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: Any,
                examples: Sequence[Any], run_dir: str | Path, mesh: Any, *,
                deadline: Deadline | None = None, allow_config_change: bool = False,
-               model_config: Any = None, pass_rates_dir: str | Path | None = None) -> StageResult:
+               model_config: Any = None, pass_rates_dir: str | Path | None = None,
+               reward_fns: Sequence[Callable[..., list[float]]] | None = None) -> StageResult:
     """GRPO with Tunix's RLCluster + GRPOLearner (part 06, stage 2).
 
     `actor` is the LoRA model (after SFT), `reference` the frozen model the KL term anchors to.
-    Rewards are the course's composite reward, annealed per step when the config says so.
+    Rewards are the course's composite reward, annealed per step when the config says so, or
+    `reward_fns` (Tunix reward functions, ``fn(prompts, completions, answer, **kwargs)``) when
+    given. The loss aggregation and advantage estimator are the config's; with
+    `config.learn_to_stop` the stop token of replies that ended is part of their completion.
     The prompts are `grpo_prompts`: with `config.filter_prompts`, those the actor solves
     sometimes (pass rates cached in `pass_rates_dir`, default ``<run_dir>/pass_rates``).
     `config.control` turns the run into a control ("lr0", "shuffle") through the same code.
@@ -675,7 +747,7 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
     peak = grpo_learning_rate(config)
     lr = learning_rate_schedule(peak, config.max_steps, config.warmup_steps)
     backend = _StepRowsBackend(logger, _GRPO_SOURCES, lambda step, seconds: {
-        "stage": "grpo", "phase": phase_of_step(step, config), "learning_rate": float(lr(step - 1)),
+        "stage": "grpo", "phase": phase_of_step(step, config), "learning_rate": update_learning_rate(lr, step),
         "seconds_per_step": seconds})
     rollout_config = base_rollout.RolloutConfig(
         max_tokens_to_generate=config.max_generation_length, max_prompt_length=config.max_prompt_length,
@@ -700,15 +772,20 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
             training_config=training_config, rollout_config=rollout_config,
         ),
     )
+    if config.learn_to_stop:
+        _learn_to_stop(cluster, config, end_of_turn_id(tokenizer))
     timings = _time_phases(cluster)
-    # The annealed weights follow optimiser steps (units of config.max_steps).
-    reward_fns = make_reward_fns(config, step_fn=lambda: int(cluster.actor_trainer.train_steps))
+    if reward_fns is None:  # the annealed weights follow the step being rolled out
+        reward_fns = make_reward_fns(config, step_fn=lambda: reward_step(cluster.actor_trainer.train_steps, config))
+    reward_fns = list(reward_fns)
     if config.control == "shuffle":
         reward_fns = shuffle_within_groups(reward_fns, config.num_generations, config.seed)
     learner = GRPOLearner(
         rl_cluster=cluster,
         algo_config=GRPOConfig(num_generations=config.num_generations, num_iterations=config.num_iterations,
-                               beta=config.beta, epsilon=config.epsilon, kl_loss_mode=config.kl_loss_mode),
+                               beta=config.beta, epsilon=config.epsilon, kl_loss_mode=config.kl_loss_mode,
+                               loss_agg_mode=config.loss_agg_mode,
+                               advantage_estimator=config.advantage_estimator),
         reward_fns=reward_fns,
         metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns,
                                       show=lambda values: show_on_progress_bar(cluster.actor_trainer, values))],

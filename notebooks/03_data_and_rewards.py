@@ -252,8 +252,10 @@ RewardAnalyzer.print_breakdown(breakdown)
 # Early in training the model must first learn the format; later, being right should matter
 # most. With `anneal_reward_weights`, the trace weight (format + coherence) falls from
 # `anneal_trace_weight_start` to `_end` and correctness rises from `anneal_correct_weight_start`
-# to `_end`, linearly over `max_steps`; calibration gets the rest, so the weights always sum
-# to 1. At step 0 this is the static weighting with part of correctness paid as calibration.
+# to `_end`, linearly from the first GRPO step (0) to the last (`max_steps` − 1), which pays
+# exactly the end weights (`final_weights`; part 07 scores replies with them); calibration gets
+# the rest, so the weights always sum to 1. At step 0 this is the static weighting with part of
+# correctness paid as calibration.
 
 # %%
 from IPython.display import Image, display
@@ -261,7 +263,7 @@ from IPython.display import Image, display
 from course_utils.reward_analysis import plot_annealing
 from course_utils.rewards import annealed_weights
 
-for step in (0, config.max_steps // 2, config.max_steps):
+for step in (0, (config.max_steps - 1) // 2, config.max_steps - 1):
     print(f"step {step:>4}:", {k: round(v, 3) for k, v in annealed_weights(config, step).items()})
 display(Image(filename=plot_annealing(config, RUN_DIR / "reward_annealing.png")))
 

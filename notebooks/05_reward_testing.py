@@ -144,7 +144,7 @@ display(Image(filename=plot_catalogue(catalogue, RUN_DIR / "reward_hacking.png")
 # %%
 losses, rows_checked = [], 0
 for ex in problems:
-    for step in (None, 0, config.max_steps // 2, config.max_steps):
+    for step in (None, 0, (config.max_steps - 1) // 2, config.max_steps - 1):
         for row in catalogue_table(config, ex, step=step):
             rows_checked += 1
             if not row["honest_wins"]:

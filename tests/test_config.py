@@ -177,3 +177,23 @@ def test_evaluation_fields_follow_what_each_model_depends_on():
     assert same(a, sft_change, "baseline") and not same(a, sft_change, "sft")
     assert not same(a, decode_change, "baseline")
     assert set(a.evaluation_fields("baseline")) <= set(a.evaluation_fields("sft")) <= set(a.to_dict())
+    # evaluation scores with the last GRPO step's reward weights: the annealing's end points count
+    assert not same(a, dataclasses.replace(a, anneal_correct_weight_end=0.5), "baseline")
+
+
+def test_grpo_algorithm_fields_are_checked_and_reach_tunix():
+    from tunix.rl import function_registry
+    from tunix.rl.grpo.grpo_learner import GRPOConfig
+
+    tpu, cpu = TrainingConfig(), TrainingConfig.for_profile("cpu")
+    assert tpu.loss_agg_mode == GRPOConfig(num_generations=2).loss_agg_mode  # Tunix's own default
+    assert tpu.advantage_estimator == "grpo" and tpu.learn_to_stop
+    assert (cpu.loss_agg_mode, cpu.advantage_estimator) == ("token-mean", "drgrpo")
+    for name in ("grpo", "drgrpo", "rloo"):  # every allowed estimator is one Tunix registered
+        assert callable(function_registry.get_advantage_estimator(name))
+    with pytest.raises(ValueError, match="loss_agg_mode='mean'.*token-mean"):
+        TrainingConfig(loss_agg_mode="mean")
+    with pytest.raises(ValueError, match="advantage_estimator='gae'"):
+        TrainingConfig(advantage_estimator="gae")
+    with pytest.raises(ValueError, match="learn_to_stop"):
+        TrainingConfig(learn_to_stop="yes")

@@ -131,6 +131,72 @@ def test_score_reply_never_raises(junk):
     assert row["error"] in ev.ERROR_CATEGORIES and not row["strict"]
 
 
+QUESTION = "Natalia sold clips to 48 friends in April, and half as many in May. How many clips in all?"
+MADE_UP = ("<reasoning>\nFirst 17 + 26 = 43.\nThen 43 + 29 = 72.\nSo the total is 72.\n</reasoning>\n"
+           "<answer>72</answer>")  # right answer, true arithmetic on numbers the question never gives
+
+
+def test_evaluation_scores_exactly_what_training_pays():
+    """Parity: evaluation's composite reward equals the sum of the reward functions GRPO trains
+    with (through Tunix's own reward manager) at the last GRPO step, for the same question,
+    reply, answer and difficulty, including made-up arithmetic that only the question exposes."""
+    from tunix.rl.grpo.grpo_learner import GRPOConfig
+    from tunix.rl.reward_manager import SequenceRewardManager
+
+    from course_utils import rewards, training
+    from course_utils.data import build_prompt
+
+    config = TrainingConfig.for_profile("cpu")
+    last_update = config.max_steps - 1  # updates done when the last batch is rolled out
+    fns = rewards.make_reward_fns(config, step_fn=lambda: training.reward_step(last_update, config))
+    replies = [GOOD, MADE_UP, GOOD.replace("72</answer>", "70</answer>"), "The answer is 72.",
+               "<reasoning>\n48 / 2 = 24\n" * 30 + "</reasoning>"]
+    g = len(replies)
+    manager = SequenceRewardManager(reward_fns=fns, algo_config=GRPOConfig(num_generations=g))
+    paid = manager(prompts=[build_prompt(QUESTION)] * g, completions=replies, mode="train",
+                   answer=np.array(["72"] * g), question=np.array([QUESTION] * g),
+                   difficulty=np.array(["easy"] * g))["rewards"]
+    examples = [{"question": QUESTION, "answer": "72", "difficulty": "easy"}] * g
+    scored = ev.evaluate_responses("parity", examples, replies, config=config, seed=0)
+    assert [row["reward"] for row in scored.rows] == pytest.approx(list(paid), abs=1e-9)
+    # the question matters: without it the made-up arithmetic would be paid as real reasoning
+    blind = ev.score_reply(MADE_UP, "72", config=config, difficulty="easy")["reward"]
+    assert blind > scored.rows[1]["reward"] + 0.01
+    # and the weights are the last step's, not the static ones
+    assert rewards.final_weights(config) != rewards.static_weights(config)
+
+
+def test_one_truncation_rule_for_training_and_evaluation():
+    from course_utils import training
+
+    assert ev.is_truncated("<reasoning>48 + 24", 16, 16) and ev.is_truncated("<reasoning>48 + 24", 14, 16)
+    assert not ev.is_truncated("<reasoning>48 + 24", 13, 16) and not ev.is_truncated("x", None, 16)
+    assert not ev.is_truncated(GOOD, 16, 16)  # closed its answer at the limit: it stopped in time
+    config = TrainingConfig.for_profile("smoke", num_generations=2, max_generation_length=6)
+
+    class Words:  # one token per word
+        def encode(self, text):
+            return text.split()
+
+        def decode(self, ids):
+            return " ".join(ids)
+
+        def bos_id(self):
+            return 2
+
+        def eos_id(self):
+            return 1
+
+        def pad_id(self):
+            return 0
+
+    metrics = training.grpo_step_metrics(config, Words(), [])
+    completions = ["a b c d e f g", "<answer>1</answer>", "a b c d e </answer>", "a"]
+    rate = metrics(prompts=["p"] * 4, completions=completions, rewards=np.zeros(4), advantages=np.zeros(4))
+    expected = np.mean([ev.is_truncated(c, min(len(c.split()), 6), 6) for c in completions])
+    assert rate["course/truncation_rate"][0] == pytest.approx(expected) == pytest.approx(0.25)
+
+
 def test_score_replies_checks_lengths():
     with pytest.raises(ValueError, match="pair up"):
         ev.score_replies(["a", "b"], ["1"])
@@ -399,6 +465,18 @@ def test_generate_replies_batches_prompts_of_similar_length_and_keeps_their_orde
     class Words:  # one token per word
         def encode(self, text):
             return text.split()
+
+        def decode(self, ids):
+            return " ".join(ids)
+
+        def bos_id(self):
+            return 2
+
+        def eos_id(self):
+            return 1
+
+        def pad_id(self):
+            return 0
 
     batches = []
 

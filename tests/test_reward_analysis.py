@@ -38,6 +38,8 @@ def examples():
     out = [SAMPLE_PROBLEM] + load_gsm8k("test", source="synthetic", limit=60, verbose=False)
     if (GSM8K / "test.jsonl").is_file():
         out += read_gsm8k_folder(GSM8K, "test")[:80] + read_gsm8k_folder(GSM8K, "train")[:80]
+    else:  # a clone without ../shared: more generated problems, so every test has its 120+
+        out += load_gsm8k("train", source="synthetic", limit=160, verbose=False)
     return out
 
 
@@ -156,7 +158,7 @@ def test_honest_answer_wins_every_row(examples):
     the honest course-format solution outscores every hacking attempt."""
     losses = []
     for ex in examples:
-        for step in (None, 0, CONFIG.max_steps // 2, CONFIG.max_steps):
+        for step in (None, 0, (CONFIG.max_steps - 1) // 2, CONFIG.max_steps - 1):
             for row in catalogue_table(CONFIG, ex, step=step):
                 if not row["honest_wins"]:
                     losses.append((ex.question[:50], step, row["attempt"], round(row["margin"], 3)))

@@ -1,5 +1,6 @@
 """course_utils.rewards: each component, the peer bugs, weights, the composite, Tunix adapters (part 03)."""
 
+import dataclasses
 import math
 import time
 
@@ -12,6 +13,7 @@ from course_utils.data import Example, format_solution, read_gsm8k_folder
 from course_utils.rewards import (
     COMPONENTS,
     annealed_weights,
+    final_weights,
     calibration_reward,
     check_weights,
     coherence_reward,
@@ -269,7 +271,8 @@ def test_annealed_weights_sum_to_one(step):
 
 
 def test_annealing_endpoints_and_monotone():
-    start, middle, end = (annealed_weights(CONFIG, s) for s in (0, CONFIG.max_steps / 2, CONFIG.max_steps))
+    last = CONFIG.max_steps - 1  # steps run 0 … max_steps − 1
+    start, middle, end = (annealed_weights(CONFIG, s) for s in (0, last / 2, last))
     trace = lambda w: w["format"] + w["coherence"]  # noqa: E731
     assert trace(start) == pytest.approx(0.45) and start["correctness"] == pytest.approx(0.40)
     assert trace(end) == pytest.approx(0.25) and end["correctness"] == pytest.approx(0.60)
@@ -282,6 +285,22 @@ def test_annealing_endpoints_and_monotone():
     steps = range(0, CONFIG.max_steps + 1, 25)
     traces = [trace(annealed_weights(CONFIG, s)) for s in steps]
     assert traces == sorted(traces, reverse=True)
+
+
+@pytest.mark.parametrize("max_steps", [1, 2, 14, 500])
+def test_the_last_step_pays_the_end_weights(max_steps):
+    """Training reads steps 0 … max_steps − 1: the last one must pay exactly the end weights,
+    and `final_weights` (what evaluation scores with) is that step's weighting."""
+    cfg = dataclasses.replace(CONFIG, max_steps=max_steps)
+    last = annealed_weights(cfg, max_steps - 1)
+    assert last["format"] + last["coherence"] == pytest.approx(cfg.anneal_trace_weight_end)
+    assert last["correctness"] == pytest.approx(cfg.anneal_correct_weight_end)
+    assert final_weights(cfg) == last == reward_weights(cfg, max_steps - 1)
+    if max_steps > 1:
+        first = annealed_weights(cfg, 0)
+        assert first["correctness"] == pytest.approx(cfg.anneal_correct_weight_start)
+    static = dataclasses.replace(cfg, anneal_reward_weights=False)
+    assert final_weights(static) == static_weights(static)
 
 
 def test_annealing_reads_its_config_fields():

@@ -73,6 +73,61 @@ def test_batch_count_accounts_for_mini_batches_and_iterations():
     assert training.phase_of_step(1, SMOKE) == "easy" and training.phase_of_step(4, SMOKE) == "hard"
 
 
+@pytest.mark.parametrize("total, warmup", [(14, 1), (40, 4), (3, 0), (1, 0), (500, 50)])
+def test_every_update_runs_at_the_logged_nonzero_learning_rate(total, warmup):
+    """The first update used to run at lr 0 (optax reads the schedule at count 0). Each update
+    k must now run at update_learning_rate(schedule, k) > 0, and that is what optax applies."""
+    import jax.numpy as jnp
+    import optax
+
+    peak = 1e-2
+    config = dataclasses.replace(SMOKE, weight_decay=0.0)
+    schedule = training.learning_rate_schedule(peak, total, warmup)
+    optimizer = training.make_optimizer(config, peak=peak, total_steps=total, warmup_steps=warmup, max_grad_norm=1.0)
+    params = {"w": jnp.zeros(())}
+    state = optimizer.init(params)
+    grads = {"w": jnp.asarray(0.5)}  # constant gradient: Adam's step is then exactly lr (up to eps)
+    applied = []
+    for _ in range(total):
+        updates, state = optimizer.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        applied.append(-float(updates["w"]))
+    logged = [training.update_learning_rate(schedule, k) for k in range(1, total + 1)]
+    assert applied == pytest.approx(logged, rel=1e-5)
+    assert min(logged) > 0
+    if warmup:
+        assert logged[0] == pytest.approx(peak / warmup, rel=1e-5) and logged[warmup - 1] == pytest.approx(peak, rel=1e-5)
+        assert logged[:warmup] == sorted(logged[:warmup])
+    assert logged[-1] < logged[0] or total == 1
+    with pytest.raises(ValueError, match="counted from 1"):
+        training.update_learning_rate(schedule, 0)
+
+
+@pytest.mark.parametrize("steps, global_batch, mini_batch, iterations", [(14, 2, 2, 1), (10, 4, 2, 2), (1, 1, 1, 1)])
+def test_reward_step_spans_the_annealing_from_first_to_last_batch(steps, global_batch, mini_batch, iterations):
+    from course_utils.rewards import annealed_weights, final_weights
+
+    config = dataclasses.replace(SMOKE, max_steps=steps, global_batch_size=global_batch,
+                                 mini_batch_size=mini_batch, micro_batch_size=mini_batch, num_iterations=iterations)
+    per_batch = (global_batch // mini_batch) * iterations
+    rolled_out = [training.reward_step(b * per_batch, config) for b in range(training.grpo_batch_count(config))]
+    assert rolled_out == sorted(rolled_out) and rolled_out[-1] == steps - 1
+    assert annealed_weights(config, rolled_out[-1]) == final_weights(config)
+    if steps > 1:
+        assert rolled_out[0] == 0
+
+
+def test_completions_keep_the_stop_token_only_when_the_reply_stopped():
+    tokens = [np.array([5, 6, 7], np.int32), np.array([5, 6, 7, 8], np.int32), np.array([], np.int32)]
+    out = training.completions_with_stop(tokens, max_tokens=4, stop_id=106)
+    assert [t.tolist() for t in out] == [[5, 6, 7, 106], [5, 6, 7, 8], [106]]
+    assert all(t.dtype == np.int32 for t in out)
+
+
+def test_end_of_turn_is_one_token_of_the_course_tokenizer(tiny_loaded):
+    assert training.end_of_turn_id(tiny_loaded.tokenizer) == 106
+
+
 def test_grpo_batches_are_arrays_with_a_new_seed_each():
     import jax
 
