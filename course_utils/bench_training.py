@@ -39,14 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     from course_utils import training
     from course_utils.config import TrainingConfig
     from course_utils.data import load_splits
-    from course_utils.env import make_mesh
     from course_utils.lora import apply_lora
     from course_utils.metrics import read_metrics
-    from course_utils.model import load_model
+    from course_utils.model import load_model, model_mesh
 
     config = TrainingConfig.for_profile(args.profile, max_steps=args.steps, sft_steps=args.sft_steps,
                                         time_budget_minutes=None, checkpoint_every=10**6)
-    mesh = make_mesh()
+    mesh = model_mesh(config)
     jax.set_mesh(mesh)
     began = time.perf_counter()
     loaded = load_model(config, mesh)

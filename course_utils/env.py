@@ -18,9 +18,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # Hardware the course targets, for part 01's table. Memory is per core/chip.
 HARDWARE = [
     {"name": "Kaggle TPU v5e-8", "devices": "8 chips", "memory_gb_each": 16, "profile": "tpu",
-     "fits": "Gemma 3 1B + LoRA, G=4, 256+512 tokens, mesh (1, 8)"},
-    {"name": "Kaggle TPU v3-8", "devices": "8 cores", "memory_gb_each": 16, "profile": "tpu",
-     "fits": "Gemma 3 1B + LoRA, G=4, 256+512 tokens, mesh (1, 8)"},
+     "fits": "Gemma 3 1B + LoRA, G=4, 256+512 tokens, mesh (2, 4); rehearsed on simulated devices only"},
     {"name": "Kaggle GPU T4 x2 / P100", "devices": "1-2 GPUs", "memory_gb_each": 16, "profile": "gpu",
      "fits": "Gemma 3 1B + LoRA on one device (slower than TPU)"},
     {"name": "Laptop / CI CPU", "devices": "CPU", "memory_gb_each": None, "profile": "cpu",
@@ -150,23 +148,113 @@ def get_secret(name: str) -> Secret | None:
     return Secret(name, value) if value else None
 
 
-def make_mesh(shape: tuple[int, int] | None = None) -> Any:
-    """A ('fsdp', 'tp') mesh over all devices: (1, n) by default — (1, 8) on a TPU v3-8/v5e-8.
+MESH_AXES = ("fsdp", "tp")
 
-    Uses `jax.sharding.Mesh` (jax.make_mesh's explicit axes break Gemma 3's embedding gather
-    in jax 0.10). Activate it with `jax.set_mesh(mesh)`.
+
+_WEIGHT_SPECS: dict[str, list[tuple[str, tuple[int, ...], tuple[Any, ...]]]] = {}
+
+
+def _weight_specs(model_config: Any) -> list[tuple[str, tuple[int, ...], tuple[Any, ...]]]:
+    """(name, shape, partition spec) of every Gemma 3 weight, from shapes alone; cached per config."""
+    key = repr(model_config)
+    if key not in _WEIGHT_SPECS:
+        import jax
+        from flax import nnx
+        from tunix.models.gemma3.model import Gemma3
+
+        abstract = nnx.eval_shape(lambda: Gemma3(model_config, rngs=nnx.Rngs(0)))
+        state = nnx.state(abstract, nnx.Param)
+        specs = jax.tree.leaves(nnx.get_partition_spec(state),
+                                is_leaf=lambda x: x is None or isinstance(x, jax.sharding.PartitionSpec))
+        rows = []
+        for (path, leaf), spec in zip(jax.tree.leaves_with_path(state), specs):
+            keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+            name = "/".join(k for k in keys if k not in ("value", "layers") and not k.isdigit())
+            rows.append((name, tuple(leaf.shape), tuple(spec or ())))
+        _WEIGHT_SPECS[key] = rows
+    return _WEIGHT_SPECS[key]
+
+
+def mesh_problems(shape: tuple[int, int], model_config: Any) -> list[str]:
+    """Why a (fsdp, tp) mesh cannot hold this Gemma 3 (part 01); an empty list when it can.
+
+    Tunix's sharding rules split each weight along named axes: `tp` splits the attention heads,
+    the MLP width and the vocabulary, `fsdp` splits the embedding width. An axis of size k can
+    only split a dimension whose length k divides, so Gemma 3 1B's 4 query heads rule out tp=8.
+    Computed from shapes alone (no devices needed).
+    """
+    import math
+
+    fsdp, tp = (int(x) for x in shape)
+    if fsdp < 1 or tp < 1:
+        return [f"mesh shape {tuple(shape)} must have positive sizes"]
+    sizes = {"fsdp": fsdp, "tp": tp}
+    problems: dict[str, list[str]] = {}
+    for where, shape_, spec in _weight_specs(model_config):
+        for dim, axes in zip(shape_, spec):
+            if axes is None:
+                continue
+            names = (axes,) if isinstance(axes, str) else tuple(axes)
+            ways = math.prod(sizes.get(a, 1) for a in names)
+            if dim % ways:
+                problems.setdefault(f"{'/'.join(names)}={ways} cannot split a dimension of {dim}", []).append(where)
+    return [f"{reason} in {len(w)} weights ({', '.join(sorted(set(w)))})" for reason, w in problems.items()]
+
+
+def valid_mesh_shapes(n_devices: int, model_config: Any) -> list[tuple[int, int]]:
+    """Every (fsdp, tp) with fsdp × tp = n_devices that can hold the model, most tp first."""
+    shapes = [(n_devices // tp, tp) for tp in range(n_devices, 0, -1) if n_devices % tp == 0]
+    return [s for s in shapes if not mesh_problems(s, model_config)]
+
+
+def choose_mesh_shape(n_devices: int, model_config: Any) -> tuple[int, int]:
+    """The course's mesh for `n_devices` (part 01): as much tensor parallelism as the heads allow,
+    the rest on fsdp — (2, 4) for Gemma 3 1B (4 query heads, 1 KV head) on 8 devices, (1, 4) on
+    4, (1, 1) on 1.
+
+    Why tp first: `tp` splits the logits over the vocabulary, the largest activation of a GRPO
+    step, while `fsdp` splits only the weights (`python -m course_utils.rehearse --compare-meshes`
+    measures the candidates' per-device memory). The official Tunix Gemma 3 1B config uses (2, 4).
+    """
+    if n_devices < 1:
+        raise ValueError(f"n_devices={n_devices} must be at least 1")
+    shapes = valid_mesh_shapes(n_devices, model_config)
+    if not shapes:  # (n, 1) always splits only the embedding width; say what is wrong
+        raise ValueError(
+            f"no (fsdp, tp) mesh of {n_devices} devices can hold this model: "
+            f"{'; '.join(mesh_problems((n_devices, 1), model_config))}. Use fewer devices."
+        )
+    return shapes[0]
+
+
+def make_mesh(shape: tuple[int, int] | None = None, model_config: Any = None) -> Any:
+    """A ('fsdp', 'tp') mesh over all devices (part 01).
+
+    `shape` defaults to `choose_mesh_shape(len(jax.devices()), model_config)` — (2, 4) on a TPU
+    v5e-8 for Gemma 3 1B — or to (1, n) when no `model_config` is given. A shape the devices or
+    the model's heads cannot take raises ValueError saying why. Uses `jax.sharding.Mesh`
+    (jax.make_mesh's explicit axes break Gemma 3's embedding gather in jax 0.10). Activate it
+    with `jax.set_mesh(mesh)`.
     """
     import jax
     import numpy as np
 
     devices = jax.devices()
-    shape = shape or (1, len(devices))
+    if shape is None:
+        shape = choose_mesh_shape(len(devices), model_config) if model_config is not None else (1, len(devices))
+    shape = (int(shape[0]), int(shape[1]))
     if shape[0] * shape[1] != len(devices):
         raise ValueError(
             f"mesh shape {shape} needs {shape[0] * shape[1]} devices but {len(devices)} are present; "
             f"use a shape whose product is {len(devices)}."
         )
-    return jax.sharding.Mesh(np.array(devices).reshape(shape), ("fsdp", "tp"))
+    if model_config is not None:
+        problems = mesh_problems(shape, model_config)
+        if problems:
+            good = valid_mesh_shapes(len(devices), model_config)
+            raise ValueError(f"mesh shape {shape} cannot hold this model: {'; '.join(problems)}. "
+                             f"Shapes that can: {good} (course_utils.env.choose_mesh_shape picks {good[0] if good else None}).")
+    return jax.sharding.Mesh(np.array(devices).reshape(shape), MESH_AXES)
 
 
 def describe() -> dict[str, Any]:

@@ -1292,9 +1292,9 @@ def load_trained_model(config: Any, checkpoint: TrainedCheckpoint | str | os.Pat
     path = checkpoint.path if isinstance(checkpoint, TrainedCheckpoint) else Path(checkpoint)
     if base is None:
         if mesh is None:
-            from course_utils.env import make_mesh
+            from course_utils.model import model_mesh
 
-            mesh = make_mesh()
+            mesh = model_mesh(config)
         base = load_model(config, mesh)
     trained = dataclasses.replace(base, model=apply_lora(base.model, config, mesh))
     restore_lora_params(trained.model, path)

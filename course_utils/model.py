@@ -148,19 +148,25 @@ def count_parameters(model: Any, kind: Any = None) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
 
 
+def model_mesh(config: Any, shape: tuple[int, int] | None = None) -> Any:
+    """The device mesh for `config.model` on this machine (parts 01, 04, 06): `shape`, else the one
+    `course_utils.env.choose_mesh_shape` picks from the device count and the model's heads."""
+    from course_utils.env import make_mesh
+
+    return make_mesh(shape, tunix_model_config(config))
+
+
 # --- the one entry point ------------------------------------------------------------------------------
 def load_model(config: Any, mesh: Any = None) -> LoadedModel:
     """Load the model, tokenizer and Tunix ModelConfig for `config.model` (part 04).
 
-    `mesh` defaults to `course_utils.env.make_mesh()`: (1, n_devices), i.e. (1, 8) on a TPU
-    v3-8/v5e-8 and (1, 1) on a CPU. Parameters are placed with Gemma 3's sharding rules on it.
+    `mesh` defaults to `model_mesh(config)`: (2, 4) for Gemma 3 1B on a TPU v5e-8, (1, 1) on a
+    CPU. Parameters are placed with Gemma 3's sharding rules on it.
     """
     if config.model not in ("tiny", "gemma3-270m", "gemma3-1b-it"):  # guards hand-made config objects
         raise ValueError(f"model={config.model!r} is unknown; choose tiny, gemma3-270m or gemma3-1b-it.")
     if mesh is None:
-        from course_utils.env import make_mesh
-
-        mesh = make_mesh()
+        mesh = model_mesh(config)
     model_config = tunix_model_config(config)
     start = time.perf_counter()
     if config.model == "tiny":
@@ -192,13 +198,37 @@ def tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> Any:
     return load_sentencepiece(path)
 
 
-def _load_tiny(config: Any, model_config: Any, mesh: Any) -> LoadedModel:
-    from tunix.models.dummy_model_creator import create_dummy_model
+def random_model(model_config: Any, mesh: Any = None, seed: int = 0, scale: float = 0.02) -> Any:
+    """A Gemma 3 with N(0, scale²) random weights, the same whatever the mesh (parts 04, tests).
+
+    Each weight is drawn whole from its own key (the seed's stream, in parameter order) and
+    sharded as it is made, so a (2, 4) mesh holds exactly the numbers a single device would.
+    Tunix's `create_dummy_model` draws every shard separately, which gives each mesh different
+    weights; on one device the two agree.
+    """
+    import jax
+    from flax import nnx
     from tunix.models.gemma3.model import Gemma3
 
+    abstract = nnx.eval_shape(lambda: Gemma3(model_config, rngs=nnx.Rngs(params=0)))
+    graph_def, abstract_state = nnx.split(abstract)
+    shapes = abstract_state.to_pure_dict()
+    shardings = nnx.get_named_sharding(abstract_state, mesh).to_pure_dict() if mesh is not None else None
+    rngs = nnx.Rngs(seed)
+    dtype = model_config.param_dtype
+
+    def make(leaf: Any, sharding: Any = None) -> Any:
+        key = rngs.params()
+        draw = lambda k: scale * jax.random.normal(k, leaf.shape, dtype=dtype)  # noqa: E731
+        return jax.jit(draw, out_shardings=sharding)(key)
+
+    state = jax.tree.map(make, shapes, shardings) if shardings is not None else jax.tree.map(make, shapes)
+    return nnx.merge(graph_def, state)
+
+
+def _load_tiny(config: Any, model_config: Any, mesh: Any) -> LoadedModel:
     tokenizer = tiny_tokenizer(model_config.num_embed)
-    model = create_dummy_model(Gemma3, model_config, mesh=mesh, dtype=model_config.param_dtype,
-                               random_seed=config.seed)
+    model = random_model(model_config, mesh, seed=config.seed)
     return LoadedModel(model, tokenizer, model_config,
                        f"tiny random Gemma 3 (2 layers, width 64, vocabulary {model_config.num_embed}, seed {config.seed})")
 

@@ -821,9 +821,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from course_utils.config import load_run_config
     from course_utils.data import load_splits
-    from course_utils.env import make_mesh, run_dir as default_run_dir
+    from course_utils.env import run_dir as default_run_dir
     from course_utils.lora import apply_lora
-    from course_utils.model import load_model
+    from course_utils.model import load_model, model_mesh
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", default=None, help="smoke | cpu | gpu | tpu (default: COURSE_PROFILE / hardware)")
@@ -832,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_run_config(args.profile)
     run = Path(args.run_dir) if args.run_dir else default_run_dir(config.profile)
-    mesh = make_mesh()
+    mesh = model_mesh(config)
     jax.set_mesh(mesh)
     loaded = load_model(config, mesh)
     actor = apply_lora(loaded.model, config, mesh)

@@ -13,7 +13,7 @@
 # - see the devices, build the device mesh, and pick a profile (`smoke`, `cpu`, `tpu`);
 # - know where every part writes its outputs and how secrets stay secret.
 #
-# **Prerequisites**: none. On Kaggle: a notebook with a TPU (v5e-8 or v3-8) and internet on.
+# **Prerequisites**: none. On Kaggle: a notebook with a TPU v5e-8 and internet on.
 # Locally: `pip install -r requirements.txt && pip install -e .` in the repository.
 
 # %%
@@ -48,7 +48,7 @@ ensure_packages()
 
 # %% tags=["parameters"]
 PROFILE = None  # smoke | cpu | gpu | tpu; None = COURSE_PROFILE or the hardware's choice
-MESH_SHAPE = None  # (fsdp, tp) device grid; None = (1, number of devices), e.g. (1, 8) on a TPU
+MESH_SHAPE = None  # (fsdp, tp) device grid; None = the course's choice, e.g. (2, 4) on a TPU v5e-8
 
 # %% [markdown]
 # ## What you need from the earlier parts
@@ -58,7 +58,7 @@ MESH_SHAPE = None  # (fsdp, tp) device grid; None = (1, number of devices), e.g.
 # %% [markdown]
 # ## The machine
 #
-# JAX sees a list of devices: 8 TPU cores (v3-8) or chips (v5e-8) on Kaggle, one CPU device on a
+# JAX sees a list of devices: 8 TPU chips on a Kaggle TPU v5e-8, one CPU device on a
 # laptop. `describe()` collects the versions and the device count in one dictionary.
 
 # %%
@@ -84,14 +84,25 @@ print("profile:", config.profile, "| model:", config.model, "| GRPO steps:", con
 # %% [markdown]
 # ## The device mesh
 #
-# Tunix shards the model over a two-axis mesh: `fsdp` splits the weights, `tp` splits each
-# matrix multiply. On a TPU, `(1, 8)` (all eight devices on the tensor-parallel axis) has been
-# reported about twice as fast as `(2, 4)` for Gemma 3 on Kaggle. `jax.set_mesh` makes it active.
+# Tunix shards the model over a two-axis mesh `(fsdp, tp)`. `tp` (tensor parallel) splits the
+# attention heads, the MLP width and the vocabulary, and with it the logits, the largest array
+# of a GRPO step; `fsdp` splits every weight along the embedding width, and the batch. An axis
+# of size k can only split a dimension that k divides. Gemma 3 1B (and the 270M) has 4 query
+# heads and 1 key/value head (never split), so `tp` can be 1, 2 or 4 but not 8. The rule: as
+# much `tp` as the heads allow, the remaining devices on `fsdp` — (2, 4) on a TPU v5e-8, (1, 4)
+# on 4 devices, (1, 1) on a CPU. `jax.set_mesh` makes the mesh active.
 
 # %%
 import jax
 
-mesh = env.make_mesh(MESH_SHAPE)
+from course_utils.model import model_mesh, tunix_model_config
+
+model_config = tunix_model_config(config)
+for n in (8, 4, 1):
+    print(f"{n} devices: possible {env.valid_mesh_shapes(n, model_config)}, "
+          f"chosen {env.choose_mesh_shape(n, model_config)}")
+print("why not (1, 8):", env.mesh_problems((1, 8), model_config) or "it works")
+mesh = model_mesh(config, MESH_SHAPE)
 jax.set_mesh(mesh)
 print(dict(mesh.shape), "over", mesh.devices.size, jax.devices()[0].platform, "device(s)")
 
@@ -135,14 +146,16 @@ for name in ("KAGGLE_KEY", "HF_TOKEN"):
 #
 # - `course_utils` is importable and the pinned packages are present.
 # - A profile (`smoke`, `cpu`, `tpu`) sets the size of everything; the hardware picks one by default.
-# - The mesh spreads the model over the devices; on a Kaggle TPU it is `(1, 8)`.
+# - The mesh spreads the model over the devices: as much `tp` as the heads allow, the rest on
+#   `fsdp`; on a Kaggle TPU v5e-8 it is `(2, 4)`.
 # - Every part writes into the profile's run directory and can start cold from it.
 # - Secrets come from the environment or Kaggle Secrets and are never printed.
 #
 # ## Exercises
 #
 # 1. Set `PROFILE = "smoke"` and re-run: what changes in the printed configuration?
-# 2. On a TPU, try `MESH_SHAPE = (2, 4)`. What does `mesh.shape` print, and which axis splits what?
+# 2. Try `MESH_SHAPE = (1, 8)` on a TPU (or read `env.mesh_problems((1, 8), model_config)`):
+#    which weights cannot be split, and why does `(4, 2)` work?
 # 3. Why does `print(env.get_secret("KAGGLE_KEY"))` never show the token? Read `env.Secret`.
 # 4. Where would the run directory be if you set `COURSE_RUN_DIR=/tmp/course`?
 #

@@ -12,7 +12,7 @@
 # - read the architecture: layers, local/global attention, vocabulary;
 # - prove the weights are right (perplexity, a fact it knows) and see the untrained baseline;
 # - add LoRA to the attention and MLP projections and count what becomes trainable;
-# - estimate the memory a GRPO step needs on a TPU v3-8, a TPU v5e-8 and a CPU.
+# - estimate the memory a GRPO step needs on a TPU v5e-8 and a CPU.
 #
 # **Prerequisites**: part 02 (configuration; a fresh one is built if it is missing). Hardware:
 # any profile — `smoke` (random tiny model, seconds), `cpu` (real Gemma 3 270M, a few minutes
@@ -72,18 +72,18 @@ print(f"model {config.model} | LoRA r={config.lora_rank}, α={config.lora_alpha}
 # ## 1. The mesh
 #
 # JAX spreads arrays over a *mesh* of devices with named axes. The course uses two axes,
-# `fsdp` (split the batch and the weights' rows) and `tp` (tensor parallel: split each matrix
-# across devices). Gemma 3's sharding rules place the vocabulary and the heads on `tp`. On
-# Kaggle's 8 TPU cores/chips the mesh is (1, 8) — all on `tp`, reported twice as fast as
-# (2, 4) for Tunix on Kaggle; on a CPU it is (1, 1). Activate it with `jax.set_mesh(mesh)`
-# (the older `with mesh:` is deprecated).
+# `fsdp` (split the batch and the weights along the embedding width) and `tp` (tensor parallel:
+# split the heads, the MLP width and the vocabulary across devices). Part 01 explains the rule:
+# as much `tp` as the model's 4 query heads allow, the rest on `fsdp` — (2, 4) on a Kaggle TPU
+# v5e-8, (1, 1) on a CPU. Activate it with `jax.set_mesh(mesh)` (the older `with mesh:` is
+# deprecated).
 
 # %%
 import jax
 
-from course_utils.env import make_mesh
+from course_utils.model import model_mesh
 
-mesh = make_mesh()
+mesh = model_mesh(config)
 print(f"{len(jax.devices())} x {jax.devices()[0].platform} -> mesh {dict(mesh.shape)}")
 
 # %% [markdown]

@@ -63,12 +63,12 @@ from course_utils import env, training
 from course_utils.config import load_run_config
 from course_utils.data import load_splits
 from course_utils.lora import apply_lora
-from course_utils.model import load_model
+from course_utils.model import load_model, model_mesh
 
 knobs = {"sft_steps": SFT_STEPS, "max_steps": GRPO_STEPS, "time_budget_minutes": TIME_BUDGET_MINUTES}
 config = load_run_config(PROFILE, **{k: v for k, v in knobs.items() if v is not None})
 RUN_DIR = env.run_dir(config.profile)
-mesh = env.make_mesh()
+mesh = model_mesh(config)  # (2, 4) on a TPU v5e-8, (1, 1) on a CPU (part 01)
 jax.set_mesh(mesh)
 
 # %%

@@ -66,6 +66,33 @@ def test_make_mesh_shapes():
         env.make_mesh((2, 4))
 
 
+def test_mesh_follows_the_heads_of_gemma3_1b_and_the_tiny_model():
+    from tunix.models.gemma3.model import ModelConfig
+
+    from course_utils.model import tiny_model_config
+
+    for model_config in (ModelConfig.gemma3_1b_it(), tiny_model_config()):  # both: 4 query heads, 1 KV head
+        problems = env.mesh_problems((1, 8), model_config)
+        assert len(problems) == 1 and "tp=8 cannot split a dimension of 4" in problems[0], problems
+        assert "q_einsum" in problems[0] and "attn_vec_einsum" in problems[0]
+        assert env.valid_mesh_shapes(8, model_config) == [(2, 4), (4, 2), (8, 1)]
+        assert env.choose_mesh_shape(8, model_config) == (2, 4)
+        assert env.choose_mesh_shape(4, model_config) == (1, 4)
+        assert env.choose_mesh_shape(1, model_config) == (1, 1)
+    assert "52 weights" in env.mesh_problems((1, 8), ModelConfig.gemma3_1b_it())[0]  # 2 per layer, 26 layers
+    # The 270M: 4 query heads as well, width 640 splits 8 ways on fsdp.
+    assert env.choose_mesh_shape(8, ModelConfig.gemma3_270m()) == (2, 4)
+
+
+def test_make_mesh_refuses_a_shape_the_model_cannot_take(monkeypatch):
+    from course_utils.model import tiny_model_config
+
+    fake = [jax.devices()[0]] * 8  # make_mesh only reshapes the list; the error comes first
+    monkeypatch.setattr(jax, "devices", lambda: fake)
+    with pytest.raises(ValueError, match=r"\(1, 8\) cannot hold this model: tp=8 cannot split.*\(2, 4\)"):
+        env.make_mesh((1, 8), tiny_model_config())
+
+
 def test_describe_reports_versions():
     info = env.describe()
     assert info["jax"] == jax.__version__ and info["accelerator"] == "cpu"

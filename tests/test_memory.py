@@ -17,7 +17,7 @@ def test_weight_count_from_shapes_equals_the_loaded_models(cpu_loaded, tiny_load
 
 
 def test_sharding_on_eight_devices_divides_the_big_matrices():
-    total, per_device = weight_counts(_one_b(), (1, 8))
+    total, per_device = weight_counts(_one_b(), (2, 4))
     assert 0.99e9 < total < 1.01e9  # Gemma 3 1B
     # the embedding and all projections are split over 'tp'; norms and the single K/V head are not
     assert total / 8 < per_device < total / 8 * 1.25
@@ -48,11 +48,11 @@ def test_table_follows_the_config():
     assert _row(bigger, "LoRA weights")["total_gib"] == pytest.approx(2 * lora)
 
 
-def test_targets_cover_both_tpus_and_the_cpu_and_1b_fits_a_tpu():
+def test_targets_cover_the_tpu_and_the_cpu_and_1b_fits_a_tpu():
     tables = target_tables()
     assert [t["name"] for t, _ in tables] == [t["name"] for t in TARGETS]
     names = " / ".join(t["name"] for t in TARGETS)
-    assert "1B-it on TPU v3-8" in names and "1B-it on TPU v5e-8" in names and "270M on CPU" in names
+    assert "1B-it on TPU v5e-8" in names and "270M on CPU" in names and "v3-8" not in names
     for target, table in tables:
         text = format_memory_table(table, target["name"], target["device_gib"])
         assert target["name"] in text

@@ -378,3 +378,21 @@ def test_smoke_model_is_tiny_with_a_matching_tokenizer(tiny_loaded):
     text = "Natalia sold clips to 48 of her friends."
     assert tiny_loaded.tokenizer.decode(tiny_loaded.tokenizer.encode(text)) == text
     assert "tiny random" in tiny_loaded.source
+
+
+def test_random_model_keeps_the_smoke_weights_and_shards_whole_draws(tiny_loaded):
+    """On one device random_model gives the weights Tunix's create_dummy_model gave the smoke
+    profile; the draw does not depend on the mesh (tests/test_rehearsal.py checks 8 devices)."""
+    from tunix.models.dummy_model_creator import create_dummy_model
+    from tunix.models.gemma3.model import Gemma3
+
+    from course_utils.env import make_mesh
+
+    c = tiny_loaded.model_config
+    mesh = make_mesh((1, 1))
+    old = create_dummy_model(Gemma3, c, mesh=mesh, dtype=c.param_dtype, random_seed=TrainingConfig.for_profile("smoke").seed)
+    _assert_same_params(tiny_loaded.model, old)
+    again = model_lib.random_model(c, None, seed=TrainingConfig.for_profile("smoke").seed)
+    _assert_same_params(tiny_loaded.model, again)
+    other = jax.tree.leaves(nnx.state(model_lib.random_model(c, mesh, seed=TrainingConfig.for_profile("smoke").seed + 1), nnx.Param))
+    assert not np.array_equal(np.asarray(other[0]), np.asarray(jax.tree.leaves(nnx.state(old, nnx.Param))[0]))
