@@ -3,6 +3,7 @@
     python -m course_utils.bench_model                 # warm load (conversion cached)
     python -m course_utils.bench_model --cold          # convert again into a fresh cache folder
     python -m course_utils.bench_model --profile smoke --dtype bfloat16
+    python -m course_utils.bench_model --compare --rounds 2   # full vs trimmed vocabulary
 
 Prompts are 128 tokens and 128 new tokens are generated greedily through Tunix's Sampler with
 a KV cache; the first call (which compiles) is timed apart from the next ones. Tokens/s is
@@ -13,12 +14,14 @@ lengths show whether a row stopped early at a stop token.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def peak_rss_gb() -> float:
@@ -35,7 +38,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="timed calls after the compiling one")
     parser.add_argument("--cold", action="store_true", help="convert into an empty temporary cache first")
+    parser.add_argument("--variant", choices=["full", "trimmed"], default="trimmed",
+                        help="full: all 262,144 vocabulary rows; trimmed: as the profile says (vocab_trim)")
+    parser.add_argument("--compare", action="store_true", help="run both variants side by side (own processes)")
+    parser.add_argument("--rounds", type=int, default=1, help="with --compare: rounds of both variants")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.compare:
+        from course_utils.bench_training import compare
+
+        passed = ["--profile", args.profile, "--batch", str(args.batch), "--prompt-tokens", str(args.prompt_tokens),
+                  "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+        passed += ["--dtype", args.dtype] if args.dtype else []
+        table = compare("course_utils.bench_model", passed, args.rounds, {
+            "tokens_per_second": "greedy tokens/s", "first_call_seconds": "first call, compiling (s)",
+            "load_seconds": "load (s)", "peak_rss_gb": "peak RSS (GB)"})
+        if args.json:
+            args.json.write_text(json.dumps(table, indent=2) + "\n")
+        return 0
 
     cold_dir = None
     if args.cold:  # an empty cache: the GGUF is converted again (the real cache is left alone)
@@ -53,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainingConfig.for_profile(args.profile, **overrides)
 
     start = time.perf_counter()
-    loaded = load_model(config)
+    loaded = load_model(config, full_vocabulary=args.variant == "full")
     load_s = time.perf_counter() - start
     print(f"model: {loaded.source}")
     print(f"load time: {load_s:.1f} s ({'cold: conversion included' if args.cold else 'warm'}), "
@@ -88,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
           f"(completion lengths before a stop token: {lengths})")
     print(f"peak RSS: {peak_rss_gb():.2f} GB")
     print(f"sample: {out.text[0][:120]!r}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "variant": args.variant, "vocabulary": loaded.model_config.num_embed, "load_seconds": round(load_s, 2),
+            "first_call_seconds": round(first_s, 2), "tokens_per_second": round(generated / best, 2),
+            "peak_rss_gb": round(peak_rss_gb(), 2), "completion_lengths": lengths, "sample": out.text[0][:200],
+        }, indent=2) + "\n")
     if cold_dir:
         shutil.rmtree(cold_dir, ignore_errors=True)
     return 0

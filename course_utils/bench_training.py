@@ -2,6 +2,12 @@
 
     python -m course_utils.bench_training                 # cpu profile (real Gemma 3 270M), 4 steps
     python -m course_utils.bench_training --profile smoke --steps 3 --sft-steps 2
+    python -m course_utils.bench_training --compare --rounds 2   # today's path vs the trimmed one
+
+`--variant full` runs the path without the speed-ups (full 262,144-row vocabulary, Tunix's own
+GRPO loss); `--variant trimmed` (default) the profile as configured (cpu: `vocab_trim`, the
+completion-head loss). `--compare` runs both, each in its own process so that each gets its own
+peak memory, alternating for `--rounds` rounds, and prints medians, ratios and the machine.
 
 Runs in a temporary run directory (nothing of yours is touched). The first step includes JAX
 compilation, so per-step figures are the median of the steps after it. Times are the wall time
@@ -19,6 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _median_after_first(values: list[float]) -> float:
@@ -26,13 +33,83 @@ def _median_after_first(values: list[float]) -> float:
     return statistics.median(later) if later else float("nan")
 
 
+VARIANTS = {"full": dict(vocab_trim=False, grpo_loss_fn="grpo"), "trimmed": {}}
+
+
+def machine() -> str:
+    """This machine in words: CPU model, cores, memory, JAX devices."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        memory = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return f"{model}, {os.cpu_count()} cores available{memory}"
+
+
+def compare(module: str, argv: list[str], rounds: int, keys: dict[str, str]) -> dict[str, Any]:
+    """Run `python -m module argv --variant V --json F` for V in full, trimmed, `rounds` times
+    (alternating), and print each figure's median per variant and the ratio full / trimmed.
+    `keys` maps a figure to how it reads ("seconds per GRPO step", ...)."""
+    import subprocess
+    import sys
+
+    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            for variant in VARIANTS:
+                out = Path(tmp) / f"{variant}-{round_}.json"
+                cmd = [sys.executable, "-m", module, *argv, "--variant", variant, "--json", str(out)]
+                print(f"round {round_ + 1}/{rounds}: {variant} ...", flush=True)
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+                results[variant].append(json.loads(out.read_text()))
+    table = {"machine": machine(), "rounds": rounds, "figures": {}}
+    print(f"\n{module} --compare on {table['machine']} ({rounds} round(s); medians)")
+    print(f"{'':34s} {'full':>10s} {'trimmed':>10s} {'full/trimmed':>13s}")
+    for key, words in keys.items():
+        values = {v: statistics.median(r[key] for r in results[v]) for v in VARIANTS}
+        ratio = values["full"] / values["trimmed"] if values["trimmed"] else float("nan")
+        table["figures"][key] = {**values, "ratio": round(ratio, 2)}
+        print(f"{words:34s} {values['full']:10.2f} {values['trimmed']:10.2f} {ratio:12.2f}x")
+    table["runs"] = results
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="trimmed")
+    parser.add_argument("--compare", action="store_true", help="run both variants side by side")
+    parser.add_argument("--rounds", type=int, default=1, help="with --compare: rounds of both variants")
     parser.add_argument("--steps", type=int, default=4, help="GRPO steps to time")
     parser.add_argument("--sft-steps", type=int, default=0, help="SFT steps before GRPO (0 = none)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.compare:
+        passed = ["--profile", args.profile, "--steps", str(args.steps), "--sft-steps", str(args.sft_steps)]
+        table = compare("course_utils.bench_training", passed, args.rounds, {
+            "seconds_per_step": "GRPO seconds per step",
+            "rollout_seconds": "  of which rollout (s)",
+            "update_seconds": "  of which reference+update (s)",
+            "rollout_tokens_per_second": "rollout tokens/s",
+            "peak_rss_gb": "peak RSS (GiB)",
+        })
+        if args.json:
+            args.json.write_text(json.dumps(table, indent=2) + "\n")
+        return 0
 
     import jax
 
@@ -44,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     from course_utils.model import load_model, model_mesh
 
     config = TrainingConfig.for_profile(args.profile, max_steps=args.steps, sft_steps=args.sft_steps,
-                                        time_budget_minutes=None, checkpoint_every=10**6)
+                                        time_budget_minutes=None, checkpoint_every=10**6,
+                                        **VARIANTS[args.variant])
     mesh = model_mesh(config)
     jax.set_mesh(mesh)
     began = time.perf_counter()
@@ -65,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     rollouts = result.timings.get("rollout", [])
     token_rates = [t / s for t, s in zip(tokens, rollouts) if s > 0]
     figures = {
-        "profile": config.profile, "model": config.model, "steps": result.end_step,
+        "profile": config.profile, "variant": args.variant, "vocabulary": loaded.model_config.num_embed,
+        "grpo_loss_fn": config.grpo_loss_fn, "model": config.model, "steps": result.end_step,
         "G": config.num_generations, "prompts_per_step": config.global_batch_size,
         "max_new_tokens": config.max_generation_length, "load_seconds": round(load_seconds, 1),
         "first_step_seconds": round(sum(v[0] for v in result.timings.values() if v), 1),
         "seconds_per_step": round(sum(per_step.values()), 2),  # the phases' medians, added
         "seconds_by_phase": {k: round(v, 2) for k, v in per_step.items()},
+        "rollout_seconds": round(per_step.get("rollout", float("nan")), 2),
+        "update_seconds": round(sum(v for k, v in per_step.items() if k != "rollout"), 2),
         "rollout_tokens_per_second": round(_median_after_first(token_rates), 1) if token_rates else None,
         "sft_seconds_per_step": round(_median_after_first([r["seconds_per_step"] for r in sft_rows]), 2) if sft_rows else None,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),

@@ -31,6 +31,7 @@ DIFFICULTIES = ("easy", "medium", "hard")
 LOSS_AGG_MODES = ("sequence-mean-token-mean", "token-mean", "sequence-mean-token-scale",
                   "seq-mean-token-sum", "sequence-mean-token-sum-norm")
 ADVANTAGE_ESTIMATORS = ("grpo", "drgrpo", "rloo")
+GRPO_LOSS_FNS = ("grpo", "grpo_completion_head")
 DATA_SOURCES = ("auto", "synthetic", "local", "huggingface", "kaggle")
 REWARD_WEIGHT_FIELDS = (
     "format_reward_weight",
@@ -53,6 +54,9 @@ class TrainingConfig:
     # safetensors variant "google/gemma-3/transformers/gemma-3-1b-it"; both load through Tunix.
     kaggle_handle: str = "google/gemma-3/flax/gemma3-1b-it"
     param_dtype: str = "bfloat16"  # weights' dtype (part 04): bfloat16 | float32 (CPU: faster, exact)
+    # Keep only the embedding rows of the course's vocabulary (part 04, course_utils.vocab): the
+    # 270M's output layer shrinks 8x; export still writes the full-vocabulary model.
+    vocab_trim: bool = False
     seed: int = 42
 
     # --- data --------------------------------------------------------------------------------
@@ -67,6 +71,9 @@ class TrainingConfig:
     epsilon: float = 0.2  # ε: clip range of the probability ratio
     num_iterations: int = 1  # μ: policy updates per batch of rollouts
     kl_loss_mode: str = "low_var_kl"  # KL estimator: low_var_kl (k3, as in GRPO) | kl | mse_kl
+    # Tunix policy loss (part 06): "grpo" (Tunix's own) or "grpo_completion_head" (the same loss,
+    # with the output layer applied only at completion positions: course_utils.policy_loss).
+    grpo_loss_fn: str = "grpo"
     grpo_reference: str = "sft"  # π_ref of the KL term: "sft" (the policy GRPO starts from) | "base"
     # Loss aggregation: Tunix's default averages each reply's tokens, then the replies (a long
     # wrong reply costs less per token); "token-mean" (DAPO) weighs every token alike,
@@ -250,14 +257,14 @@ SESSION_FIELDS = (
 )
 # What the SFT stage depends on; GRPO depends on everything but SESSION_FIELDS.
 SFT_FIELDS = (
-    "model", "param_dtype", "seed", "data_source", "train_examples", "lora_rank", "lora_alpha",
+    "model", "param_dtype", "vocab_trim", "seed", "data_source", "train_examples", "lora_rank", "lora_alpha",
     "adam_b1", "adam_b2", "weight_decay", "sft_steps", "sft_learning_rate", "sft_batch_size",
     "sft_max_length",
 )
 
 # What an evaluation of the untrained model depends on (see TrainingConfig.evaluation_fields).
 EVAL_FIELDS = (
-    "model", "param_dtype", "kaggle_handle", "seed", "data_source", "train_examples", "val_examples",
+    "model", "param_dtype", "vocab_trim", "kaggle_handle", "seed", "data_source", "train_examples", "val_examples",
     "eval_examples", "max_prompt_length", "max_generation_length", "cache_size", "temperature", "top_p",
     "top_k", "eval_samples_k", "eval_sampled_examples", *REWARD_WEIGHT_FIELDS, "verbosity_penalty",
     # the composite reward is scored with the last GRPO step's weights (rewards.final_weights)
@@ -271,6 +278,8 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     "cpu": dict(
         model="gemma3-270m",
         param_dtype="float32",
+        vocab_trim=True,
+        grpo_loss_fn="grpo_completion_head",
         data_source="synthetic",  # the offline default; "auto" reads GSM8K
         train_examples=2000,
         val_examples=50,
@@ -306,6 +315,8 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         model="tiny",
         param_dtype="float32",
+        vocab_trim=True,
+        grpo_loss_fn="grpo_completion_head",
         data_source="synthetic",
         train_examples=32,
         val_examples=8,
@@ -371,6 +382,10 @@ def _validate(c: TrainingConfig) -> None:
         _fail("advantage_estimator", c.advantage_estimator, f"choose one of {', '.join(ADVANTAGE_ESTIMATORS)}")
     if not isinstance(c.learn_to_stop, bool):
         _fail("learn_to_stop", c.learn_to_stop, "must be True or False")
+    if c.grpo_loss_fn not in GRPO_LOSS_FNS:
+        _fail("grpo_loss_fn", c.grpo_loss_fn, f"choose one of {', '.join(GRPO_LOSS_FNS)}")
+    if not isinstance(c.vocab_trim, bool):
+        _fail("vocab_trim", c.vocab_trim, "must be True or False")
     if c.data_source not in DATA_SOURCES:
         _fail("data_source", c.data_source, f"choose one of {', '.join(DATA_SOURCES)}")
 

@@ -391,6 +391,24 @@ def sentencepiece_bytes(tokenizer: Any) -> bytes:
                      "sentencepiece.SentencePieceProcessor that load_model returned")
 
 
+def check_full_vocabulary(tokenizer: Any, model_config: Any = None) -> None:
+    """Refuse a model loaded with a trimmed vocabulary (`config.vocab_trim`, course_utils.vocab).
+
+    Its embedding has only the course's rows, so no other tool could use it; LoRA never
+    touches the embedding, so the same adapters apply to the full model, which is what to export.
+    """
+    from course_utils.vocab import is_trimmed
+
+    rows = getattr(model_config, "num_embed", None)
+    pieces = getattr(tokenizer, "get_piece_size", None)
+    if is_trimmed(tokenizer) or (rows is not None and callable(pieces) and rows != pieces()):
+        raise ValueError(
+            "this model has a trimmed vocabulary (vocab_trim): export the full-vocabulary model instead. "
+            "Load the base with load_model(config, full_vocabulary=True) and put the trained LoRA on it "
+            "(evaluation.load_trained_model(config, checkpoint, base=...)), as part 08 does."
+        )
+
+
 def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
     """``tokenizer.model``, ``tokenizer_config.json`` (adds BOS, Gemma's chat template) and
     ``special_tokens_map.json`` for transformers' GemmaTokenizer."""
@@ -442,6 +460,7 @@ def save_hf(params_or_model: Any, tokenizer: Any, model_config: Any, out_dir: st
     here with α from `alpha`/`config` — or flat weights from `merge_lora`."""
     from safetensors.numpy import save_file
 
+    check_full_vocabulary(tokenizer, model_config)
     params = params_or_model if isinstance(params_or_model, Mapping) else merge_lora(params_or_model, alpha, config=config)
     tensors = hf_state_dict(params, model_config, dtype)
     with _StagedDir(out_dir) as tmp:
@@ -632,6 +651,7 @@ def export_all(model: Any, tokenizer: Any, model_config: Any, config: Any, run_d
                step: int = 0, dtype: str = "float32", model_card: str | None = None,
                forms: Sequence[str] = (HF_DIR, TUNIX_LORA_DIR, TUNIX_MERGED_DIR)) -> ExportReport:
     """Write the chosen forms of the trained (LoRA) model under ``<run_dir>/export/`` (part 08)."""
+    check_full_vocabulary(tokenizer, model_config)
     root = Path(run_dir) / EXPORT_DIR
     folders: dict[str, Path] = {}
     seconds: dict[str, float] = {}

@@ -157,9 +157,12 @@ def model_mesh(config: Any, shape: tuple[int, int] | None = None) -> Any:
 
 
 # --- the one entry point ------------------------------------------------------------------------------
-def load_model(config: Any, mesh: Any = None) -> LoadedModel:
+def load_model(config: Any, mesh: Any = None, full_vocabulary: bool = False) -> LoadedModel:
     """Load the model, tokenizer and Tunix ModelConfig for `config.model` (part 04).
 
+    With `config.vocab_trim` (cpu, smoke) the model keeps only the embedding rows of the course's
+    vocabulary and the tokenizer is a `course_utils.vocab.TrimmedTokenizer`;
+    `full_vocabulary=True` loads all 262,144 rows regardless (export, part 08).
     `mesh` defaults to `model_mesh(config)`: (2, 4) for Gemma 3 1B on a TPU v5e-8, (1, 1) on a
     CPU. Parameters are placed with Gemma 3's sharding rules on it.
     """
@@ -183,6 +186,10 @@ def load_model(config: Any, mesh: Any = None) -> LoadedModel:
             f"the tokenizer has {loaded.tokenizer.get_piece_size()} pieces but the model only "
             f"{loaded.model_config.num_embed} embeddings: they do not belong together."
         )
+    if getattr(config, "vocab_trim", False) and not full_vocabulary:
+        from course_utils.vocab import trim_loaded
+
+        loaded = trim_loaded(loaded)
     loaded.source += f"; loaded in {time.perf_counter() - start:.1f} s"
     return loaded
 

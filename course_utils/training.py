@@ -549,7 +549,11 @@ def make_reference(base: Any, actor: Any, config: TrainingConfig, mesh: Any = No
     LoRA weights — call it after SFT, so the KL term anchors GRPO to the policy it starts
     from (as DeepSeek-R1 does). "base": the untouched base model, which the KL term then pulls
     back towards (the official Tunix notebook's choice, where there is no SFT stage).
+    None when β = 0: without a KL term Tunix computes no reference log-probabilities, so no
+    reference copy (and no reference forward pass) is needed.
     """
+    if config.beta == 0:
+        return None
     if config.grpo_reference == "base" or config.sft_steps == 0:
         return base
     from flax import nnx
@@ -722,7 +726,8 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
                reward_fns: Sequence[Callable[..., list[float]]] | None = None) -> StageResult:
     """GRPO with Tunix's RLCluster + GRPOLearner (part 06, stage 2).
 
-    `actor` is the LoRA model (after SFT), `reference` the frozen model the KL term anchors to.
+    `actor` is the LoRA model (after SFT), `reference` the frozen model the KL term anchors to
+    (None when β = 0); `config.grpo_loss_fn` picks the policy loss (course_utils.policy_loss).
     Rewards are the course's composite reward, annealed per step when the config says so, or
     `reward_fns` (Tunix reward functions, ``fn(prompts, completions, answer, **kwargs)``) when
     given. The loss aggregation and advantage estimator are the config's; with
@@ -732,10 +737,11 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
     `config.control` turns the run into a control ("lr0", "shuffle") through the same code.
     """
     from tunix.rl import rl_cluster as rl_cluster_lib
-    from tunix.rl.grpo.grpo_learner import GRPOConfig, GRPOLearner
+    from tunix.rl.grpo.grpo_learner import GRPOLearner
     from tunix.rl.rollout import base_rollout
 
     from course_utils.metrics import MetricsLogger
+    from course_utils.policy_loss import grpo_config
     from course_utils.rewards import make_reward_fns
 
     run_dir = Path(run_dir)
@@ -782,10 +788,10 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
         reward_fns = shuffle_within_groups(reward_fns, config.num_generations, config.seed)
     learner = GRPOLearner(
         rl_cluster=cluster,
-        algo_config=GRPOConfig(num_generations=config.num_generations, num_iterations=config.num_iterations,
-                               beta=config.beta, epsilon=config.epsilon, kl_loss_mode=config.kl_loss_mode,
-                               loss_agg_mode=config.loss_agg_mode,
-                               advantage_estimator=config.advantage_estimator),
+        algo_config=grpo_config(config.grpo_loss_fn, num_generations=config.num_generations,
+                                num_iterations=config.num_iterations, beta=config.beta, epsilon=config.epsilon,
+                                kl_loss_mode=config.kl_loss_mode, loss_agg_mode=config.loss_agg_mode,
+                                advantage_estimator=config.advantage_estimator),
         reward_fns=reward_fns,
         metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns,
                                       show=lambda values: show_on_progress_bar(cluster.actor_trainer, values))],

@@ -70,7 +70,7 @@ config = load_run_config(PROFILE)
 RUN_DIR = run_dir(config.profile)
 stages = [STAGE] if STAGE else ["grpo", "sft"]
 found = next((c for c in (ev.find_checkpoint(RUN_DIR, s) for s in stages) if c), None)
-base = load_model(config)
+base = load_model(config, full_vocabulary=True)  # all 262,144 rows even if training trimmed them (part 04)
 if found:
     loaded = ev.load_trained_model(config, found, base=base)
 else:

@@ -2,7 +2,9 @@
 
 `cpu_loaded` is the real Gemma 3 270M (converted from its GGUF on the first run, then read
 from the cache in ~/.cache/course_utils or COURSE_CACHE_DIR); `tiny_loaded` is the smoke
-profile's random 2-layer Gemma 3. Both are the objects `course_utils.model.load_model` returns.
+profile's random 2-layer Gemma 3. Both are the objects `course_utils.model.load_model` returns,
+with the full vocabulary (`full_vocabulary=True`) so the tests keep their meaning whatever
+`vocab_trim` says; tests/test_vocab.py checks the trimmed models against them.
 """
 
 import pytest
@@ -13,7 +15,7 @@ def cpu_loaded():
     from course_utils.config import TrainingConfig
     from course_utils.model import load_model
 
-    return load_model(TrainingConfig.for_profile("cpu"))
+    return load_model(TrainingConfig.for_profile("cpu"), full_vocabulary=True)
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +23,7 @@ def tiny_loaded():
     from course_utils.config import TrainingConfig
     from course_utils.model import load_model
 
-    return load_model(TrainingConfig.for_profile("smoke"))
+    return load_model(TrainingConfig.for_profile("smoke"), full_vocabulary=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,351 @@
+"""Vocabulary trimming for the cpu path: only the embedding rows the course uses (part 04).
+
+Gemma 3's tied embedding has 262,144 rows; on the 270M model it holds most of the weights, and
+the output layer (the same matrix) costs more multiply-adds per token than all 18 layers
+together. Grade-school arithmetic in English needs a few thousand of those rows. With
+`config.vocab_trim` (cpu and smoke profiles; tpu keeps the full vocabulary) `load_model` keeps
+only the rows of `data/kept_vocabulary.json`:
+
+* every id the course's data produces: prompts (system prompt + question), SFT targets
+  (`format_solution` + `<end_of_turn>`) of the offline generator's train and test splits, and of
+  GSM8K's when a copy was available when the list was made;
+* the special, chat and byte-fallback tokens (ids 0–493 in Gemma 3, so `<bos>`, `<eos>`,
+  `<end_of_turn>` keep their ids), the printable ASCII characters;
+* as a margin, the most frequent remaining pieces (Gemma's lower ids are its earlier, more
+  frequent merges) up to `KEPT_SIZE` rows.
+
+What it keeps is exact: a kept id's logit in the trimmed model equals the full model's (same
+row, same hidden state), and `TrimmedTokenizer` encodes text into exactly the full tokenizer's
+pieces whenever those are kept. A piece outside the set (rare: an unusual word or script) is
+spelled with kept pieces instead, so any text still encodes and decodes losslessly. Sampling
+renormalises over the kept ids: the full model's probability mass outside them is what that
+changes (`mass_outside`; printed by `python -m course_utils.vocab --report`).
+
+LoRA never touches the embedding, so the LoRA weights trained on the trimmed model apply
+unchanged to the full-vocabulary Gemma: export (part 08) loads the full vocabulary.
+
+    python -m course_utils.vocab --regenerate   # rebuild data/kept_vocabulary.json
+    python -m course_utils.vocab --report       # mass outside the kept set, on course texts
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from course_utils.files import atomic_write
+
+KEPT_VOCABULARY_PATH = Path(__file__).resolve().parent.parent / "data" / "kept_vocabulary.json"
+KEPT_SIZE = 32_768  # rows kept in all (data ids + fixed ids + frequent pieces as margin)
+ALWAYS_KEPT = range(0, 494)  # Gemma 3: control, chat, HTML/whitespace user pieces, 256 byte tokens
+
+
+# --- which ids ---------------------------------------------------------------------------------
+def course_texts(include_gsm8k: bool = True) -> tuple[list[str], str]:
+    """Every prompt and SFT target the course builds: the offline generator's train and test
+    splits, plus GSM8K's when a copy is available (local folder; no download is attempted).
+    Returns (texts, where they came from)."""
+    from course_utils.data import SourceUnavailable, build_prompt, format_solution, load_gsm8k, local_gsm8k_dir
+    from course_utils.tokenizer import END_OF_TURN
+
+    examples = [e for split in ("train", "test") for e in load_gsm8k(split, source="synthetic", verbose=False)]
+    where = "offline generator train+test"
+    if include_gsm8k:
+        try:
+            local_gsm8k_dir()
+            examples += [e for split in ("train", "test") for e in load_gsm8k(split, source="local", verbose=False)]
+            where += " and GSM8K train+test"
+        except SourceUnavailable:
+            print("vocab: no local GSM8K copy; the kept ids come from the offline generator only")
+    texts = []
+    for example in examples:
+        texts.append(build_prompt(example.question))
+        texts.append(format_solution(example) + END_OF_TURN)
+    return texts, where
+
+
+def kept_ids(tokenizer: Any, texts: Iterable[str], size: int = KEPT_SIZE) -> list[int]:
+    """The sorted ids to keep: those `texts` encode to, `ALWAYS_KEPT`, printable ASCII, then the
+    lowest remaining ids (Gemma's most frequent pieces) until `size` ids are kept."""
+    vocabulary = tokenizer.get_piece_size()
+    kept = set(i for i in ALWAYS_KEPT if i < vocabulary)
+    for text in texts:
+        kept.update(tokenizer.encode(text))
+    for char in map(chr, range(32, 127)):
+        kept.update(tokenizer.encode(char))
+    if len(kept) > size:
+        raise ValueError(f"the course's texts alone use {len(kept)} ids, more than size={size}: raise size")
+    candidate = 0
+    while len(kept) < size and candidate < vocabulary:
+        if not (tokenizer.IsControl(candidate) or tokenizer.IsUnused(candidate)):
+            kept.add(candidate)
+        candidate += 1
+    return sorted(kept)
+
+
+def write_kept_vocabulary(tokenizer: Any, ids: Sequence[int], path: Path = KEPT_VOCABULARY_PATH,
+                          source: str = "") -> Path:
+    """Save the kept ids with their pieces (so a mismatching tokenizer is caught on load)."""
+    rows = ",\n".join(json.dumps([int(i), tokenizer.id_to_piece(int(i))], ensure_ascii=False) for i in ids)
+    header = json.dumps({"vocabulary_size": tokenizer.get_piece_size(), "kept": len(ids), "source": source},
+                        ensure_ascii=False)
+    return atomic_write(path, f'{{"about": {header},\n"ids_and_pieces": [\n{rows}\n]}}\n'.encode())
+
+
+def read_kept_vocabulary(path: Path = KEPT_VOCABULARY_PATH) -> list[tuple[int, str]]:
+    """The committed (id, piece) list of `data/kept_vocabulary.json`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is missing: it is part of the repository (restore it with git), or rebuild it with "
+            "`python -m course_utils.vocab --regenerate`, or set vocab_trim=False in the config."
+        ) from None
+    return [(int(i), str(p)) for i, p in data["ids_and_pieces"]]
+
+
+def kept_ids_for(tokenizer: Any, path: Path = KEPT_VOCABULARY_PATH) -> list[int]:
+    """The committed kept set in `tokenizer`'s own ids.
+
+    For Gemma 3's full tokenizer these are the committed ids (each piece is checked); for a
+    cut-down Gemma vocabulary (the smoke profile's tiny model) the kept pieces it has.
+    """
+    rows = read_kept_vocabulary(path)
+    size = tokenizer.get_piece_size()
+    if size == json.loads(Path(path).read_text(encoding="utf-8"))["about"]["vocabulary_size"]:
+        wrong = [(i, p) for i, p in rows if i >= size or tokenizer.id_to_piece(i) != p]
+        if wrong:
+            raise ValueError(
+                f"{len(wrong)} kept ids do not match this tokenizer's pieces (e.g. {wrong[0]}): it is not "
+                "Gemma 3's tokenizer. Use vocab_trim=False, or regenerate the list for it."
+            )
+        return [i for i, _ in rows]
+    unknown = tokenizer.unk_id()
+    ids = {tokenizer.piece_to_id(p) for _, p in rows} - {unknown}
+    ids.update(i for i in ALWAYS_KEPT if i < size)
+    ids.update(i for i in range(size) if tokenizer.IsByte(i) or tokenizer.id_to_piece(i) == "▁")
+    ids.add(unknown)
+    return sorted(ids)
+
+
+# --- the tokenizer adapter ----------------------------------------------------------------------
+class TrimmedTokenizer:
+    """A SentencePiece tokenizer seen through the kept ids: new id = position in `kept`.
+
+    `encode` maps the full tokenizer's ids; a piece that was not kept is spelled with kept
+    pieces (longest match first, then UTF-8 byte tokens), so every text round-trips. Tunix's
+    `TokenizerAdapter` accepts it (it has encode/decode/bos_id/eos_id/pad_id). Introduced in
+    part 04.
+    """
+
+    def __init__(self, full: Any, kept: Sequence[int]) -> None:
+        self.full = full
+        self.kept = np.asarray(sorted(set(int(i) for i in kept)), dtype=np.int64)
+        if len(self.kept) != len(kept) or self.kept[0] < 0 or self.kept[-1] >= full.get_piece_size():
+            raise ValueError("kept ids must be distinct ids of the full tokenizer")
+        self._new = {int(old): new for new, old in enumerate(self.kept)}
+        self._pieces = {full.id_to_piece(int(old)): new for new, old in enumerate(self.kept)
+                        if not (full.IsControl(int(old)) or full.IsByte(int(old)) or full.IsUnknown(int(old)))}
+        self._longest = max(map(len, self._pieces))
+        self._bytes = {int(full.id_to_piece(int(old))[3:5], 16): new for new, old in enumerate(self.kept)
+                       if full.IsByte(int(old))}
+        self._spelled: dict[int, list[int]] = {}
+        for name in ("bos_id", "eos_id", "pad_id", "unk_id"):
+            if getattr(full, name)() not in self._new:
+                raise ValueError(f"the kept ids lack the tokenizer's {name}() {getattr(full, name)()}")
+
+    # the SentencePiece methods the course and Tunix call
+    def encode(self, text: str, **kwargs: Any) -> list[int]:
+        out: list[int] = []
+        for old in self.full.EncodeAsIds(text, **kwargs):
+            new = self._new.get(old)
+            out.extend([new] if new is not None else self._spell(old))
+        return out
+
+    EncodeAsIds = encode
+
+    def decode(self, ids: Sequence[int], **kwargs: Any) -> str:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.kept)):
+            raise ValueError(f"id out of range for the trimmed vocabulary of {len(self.kept)}: {ids.min()}..{ids.max()}")
+        return self.full.DecodeIds([int(i) for i in self.kept[ids]], **kwargs)
+
+    DecodeIds = decode
+
+    def _spell(self, old: int) -> list[int]:
+        if old not in self._spelled:
+            piece = self.full.id_to_piece(old)
+            out, start = [], 0
+            while start < len(piece):
+                for end in range(min(len(piece), start + self._longest), start, -1):
+                    new = self._pieces.get(piece[start:end])
+                    if new is not None:
+                        out.append(new)
+                        start = end
+                        break
+                else:
+                    char = piece[start].replace("▁", " ")
+                    missing = [b for b in char.encode("utf-8") if b not in self._bytes]
+                    if missing:
+                        raise ValueError(f"cannot spell piece {piece!r}: byte tokens {missing} are not kept")
+                    out.extend(self._bytes[b] for b in char.encode("utf-8"))
+                    start += 1
+            self._spelled[old] = out
+        return self._spelled[old]
+
+    def to_full(self, ids: Sequence[int]) -> list[int]:
+        """The full tokenizer's ids of trimmed ids."""
+        return [int(i) for i in self.kept[np.asarray(ids, dtype=np.int64)]]
+
+    def bos_id(self) -> int:
+        return self._new[self.full.bos_id()]
+
+    def eos_id(self) -> int:
+        return self._new[self.full.eos_id()]
+
+    def pad_id(self) -> int:
+        return self._new[self.full.pad_id()]
+
+    def unk_id(self) -> int:
+        return self._new[self.full.unk_id()]
+
+    def get_piece_size(self) -> int:
+        return len(self.kept)
+
+    def id_to_piece(self, new: int) -> str:
+        return self.full.id_to_piece(int(self.kept[new]))
+
+    def piece_to_id(self, piece: str) -> int:
+        return self._new.get(self.full.piece_to_id(piece), self.unk_id())
+
+    def IsControl(self, new: int) -> bool:  # noqa: N802 (SentencePiece's name)
+        return self.full.IsControl(int(self.kept[new]))
+
+    def IsByte(self, new: int) -> bool:  # noqa: N802
+        return self.full.IsByte(int(self.kept[new]))
+
+    def IsUnused(self, new: int) -> bool:  # noqa: N802
+        return self.full.IsUnused(int(self.kept[new]))
+
+    def IsUnknown(self, new: int) -> bool:  # noqa: N802
+        return self.full.IsUnknown(int(self.kept[new]))
+
+    def serialized_model_proto(self) -> bytes:
+        raise TypeError(
+            "a trimmed tokenizer has no SentencePiece model of its own: export the full-vocabulary "
+            "model (load_model(config, full_vocabulary=True)); see course_utils.vocab."
+        )
+
+
+# --- the model ----------------------------------------------------------------------------------
+def trim_model(model: Any, kept: Sequence[int]) -> Any:
+    """Keep only the embedding rows `kept` of a Tunix Gemma 3 (in place; returns the model).
+
+    The embedding is tied, so the output layer shrinks with it: logit j of the trimmed model is
+    the full model's logit `kept[j]`.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    param = model.embedder.input_embedding
+    table = param.get_value()
+    rows = jnp.asarray(np.asarray(kept, dtype=np.int32))
+    trimmed = jax.device_put(jnp.take(table, rows, axis=0), table.sharding)
+    model.embedder.input_embedding = nnx.Param(trimmed, **param.get_metadata())
+    if dataclasses.is_dataclass(getattr(model, "config", None)):
+        model.config = dataclasses.replace(model.config, num_embed=len(kept))
+    return model
+
+
+def is_trimmed(tokenizer: Any) -> bool:
+    """Whether a tokenizer is a `TrimmedTokenizer` (or Tunix's adapter around one)."""
+    return isinstance(getattr(tokenizer, "tokenizer", tokenizer), TrimmedTokenizer) or isinstance(tokenizer, TrimmedTokenizer)
+
+
+def trim_loaded(loaded: Any, kept: Sequence[int] | None = None) -> Any:
+    """A `LoadedModel` whose model, tokenizer and ModelConfig use only the kept vocabulary.
+
+    `kept` defaults to the committed list in the tokenizer's ids (`kept_ids_for`).
+    """
+    kept = list(kept) if kept is not None else kept_ids_for(loaded.tokenizer)
+    full_size = loaded.model_config.num_embed
+    trim_model(loaded.model, kept)
+    return dataclasses.replace(
+        loaded, tokenizer=TrimmedTokenizer(loaded.tokenizer, kept),
+        model_config=dataclasses.replace(loaded.model_config, num_embed=len(kept)),
+        source=f"{loaded.source}; vocabulary trimmed to {len(kept):,} of {full_size:,} ids (course_utils.vocab)",
+    )
+
+
+def mass_outside(model: Any, tokenizer: Any, kept: Sequence[int], texts: Sequence[str],
+                 batch_size: int = 4) -> float:
+    """The full model's mean probability mass outside `kept`, over every next-token position of
+    `texts` (teacher-forced, BOS + text): what trimming takes away from sampling."""
+    import jax
+    import jax.numpy as jnp
+
+    from course_utils.generate import compiled_forward
+    from course_utils.tokenizer import BOS_ID, PAD_ID
+
+    outside = np.ones(model.embedder.num_embed, dtype=bool)
+    outside[np.asarray(kept)] = False
+    outside = jnp.asarray(outside)
+    forward = compiled_forward(model)
+    total, count = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        encoded = [[BOS_ID, *tokenizer.encode(t)] for t in texts[start:start + batch_size]]
+        length = max(map(len, encoded))
+        tokens = np.full((len(encoded), length), PAD_ID, np.int32)
+        mask = np.zeros((len(encoded), length), bool)
+        for row, ids in enumerate(encoded):
+            tokens[row, :len(ids)] = ids
+            mask[row, :len(ids) - 1] = True  # positions that predict a real next token
+        logits = forward(jnp.asarray(tokens)).astype(jnp.float32)
+        probs = jax.nn.softmax(logits, axis=-1)
+        per_position = np.asarray(jnp.sum(jnp.where(outside, probs, 0.0), axis=-1))
+        total += float(per_position[mask].sum())
+        count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regenerate", action="store_true", help="rebuild data/kept_vocabulary.json")
+    parser.add_argument("--report", action="store_true", help="the 270M's probability mass outside the kept set")
+    parser.add_argument("--texts", type=int, default=64, help="texts (held-out prompts + targets) for --report")
+    args = parser.parse_args(argv)
+    from course_utils.config import TrainingConfig
+    from course_utils.model import load_model
+
+    loaded = load_model(TrainingConfig.for_profile("cpu"), full_vocabulary=True)
+    if args.regenerate:
+        texts, where = course_texts()
+        used = {i for t in texts for i in loaded.tokenizer.encode(t)}
+        ids = kept_ids(loaded.tokenizer, texts)
+        path = write_kept_vocabulary(loaded.tokenizer, ids, source=(
+            f"{len(texts):,} prompts and SFT targets ({where}) using {len(used):,} ids; ids 0-493, ASCII, then the most frequent pieces"))
+        print(f"wrote {path}: {len(ids):,} ids of {loaded.tokenizer.get_piece_size():,} "
+              f"({len(used):,} used by the course's texts)")
+    if args.report:
+        import random
+
+        from course_utils.data import build_prompt, format_solution, synthetic_problem
+        from course_utils.tokenizer import END_OF_TURN
+
+        rng = random.Random(20261203)  # problems the kept list was not built from
+        problems = [synthetic_problem(rng) for _ in range(args.texts)]
+        texts = [build_prompt(p.question) + format_solution(p) + END_OF_TURN for p in problems]
+        mass = mass_outside(loaded.model, loaded.tokenizer, kept_ids_for(loaded.tokenizer), texts)
+        print(f"full Gemma 3 270M: mean probability mass outside the kept ids on {len(texts)} held-out "
+              f"prompt+target texts: {100 * mass:.2f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
