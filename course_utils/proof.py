@@ -170,16 +170,16 @@ def run_proof(config: Any, run: Path, *, heldout_candidates: int, control: str =
 
     from course_utils import filtering, training
     from course_utils.data import load_splits
-    from course_utils.env import make_mesh
     from course_utils.evaluation import evaluate_or_reuse, find_checkpoint, paired_bootstrap
     from course_utils.lora import apply_lora
-    from course_utils.model import load_model
+    from course_utils.model import load_model, model_mesh
     from course_utils.plots import plot_signal_curves
 
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"--stop-after {stop_after!r}: choose one of {', '.join(STAGES)}")
     if control not in ("lr0", "shuffle"):
         raise ValueError(f"control={control!r}: choose 'lr0' or 'shuffle'")
+    run = Path(run).resolve()  # Orbax writes only to absolute paths
     run.mkdir(parents=True, exist_ok=True)
     config.save(run / "config.json")
     state: dict[str, Any] = {"done": [], "seconds": {}, "control_kind": control}
@@ -191,7 +191,7 @@ def run_proof(config: Any, run: Path, *, heldout_candidates: int, control: str =
         print(f"proof: stage {stage} done ({state['seconds'][stage]:.0f} s)")
         return stage == stop_after
 
-    mesh = make_mesh()
+    mesh = model_mesh(config)
     jax.set_mesh(mesh)
     loaded = load_model(config, mesh)
     actor = apply_lora(loaded.model, config, mesh)

@@ -837,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-config-change", action="store_true")
     args = parser.parse_args(argv)
     config = load_run_config(args.profile)
-    run = Path(args.run_dir) if args.run_dir else default_run_dir(config.profile)
+    run = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(config.profile)  # Orbax needs absolute paths
     mesh = model_mesh(config)
     jax.set_mesh(mesh)
     loaded = load_model(config, mesh)

@@ -150,6 +150,28 @@ print(markdown_table([base, sft_eval], ["format", "strict"]))
 #
 # The progress bar shows the time left, the actor's loss and KL, and the reward and accuracy
 # of the step's own rollouts (`rollout_train_reward`, `rollout_train_accuracy`).
+#
+# ### Which prompts carry a signal
+#
+# GRPO's advantage compares the G replies to one prompt. If all G are right, or all wrong,
+# correctness cannot tell them apart, and only format and style move the update. For a prompt
+# the policy solves with probability p, the G replies disagree with probability
+# 1 − pᴳ − (1 − p)ᴳ. With this configuration's G:
+
+# %%
+from course_utils import filtering
+
+for p in (0.02, 0.08, 0.2, 0.5, 0.9):
+    print(f"p = {p:.2f}: {filtering.mixed_group_probability(p, config.num_generations):.2f} of groups carry a correctness signal (G = {config.num_generations})")
+
+# %% [markdown]
+# So the prompts worth training on are the ones the policy solves *sometimes*. With
+# `filter_prompts=True`, `train_grpo` first samples `filter_samples_k` replies to each of
+# `filter_candidates` candidates (of `filter_difficulties`) at the rollout temperature with the
+# SFT policy, and keeps those with `filter_pass_rate_min ≤ p̂ ≤ filter_pass_rate_max` (Tunix
+# 0.1.7 has no dynamic sampling, so this happens once, before training; the samples are cached
+# in the run folder). Every step logs `mixed_group_frac`, the share of its groups whose
+# correctness is mixed: the signal GRPO actually had.
 
 # %%
 reference = training.make_reference(loaded.model, actor, config, mesh)
@@ -186,6 +208,16 @@ print(grpo.message())
 from course_utils.plots import plot_training_curves
 
 display(Image(str(plot_training_curves(RUN_DIR / "metrics_grpo.jsonl", RUN_DIR / "grpo_curves.png"))))
+
+# %% [markdown]
+# The signal itself, step by step: the share of groups with mixed correctness, the rollouts'
+# accuracy, the reward and the reply length (a reply that never stops grows to the limit).
+
+# %%
+from course_utils.plots import plot_signal_curves
+
+display(Image(str(plot_signal_curves(RUN_DIR / "metrics_grpo.jsonl", RUN_DIR / "signal_curves.png"))))
+print(f"filter_prompts={config.filter_prompts}, G={config.num_generations}")
 
 # %% [markdown]
 # Where the time of a step goes, on this machine (the first call of each includes compiling):
@@ -236,9 +268,10 @@ for metric in ("format", "strict"):
 # ## Exercises
 #
 # 1. Set `GRPO_STEPS` to twice the profile's value and run again: what does the error say, and why is continuing a run with another `max_steps` refused by default?
-# 2. Find `zero_advantage_frac` in `metrics_grpo.csv`. What does a value of 1.0 mean for that step's update?
+# 2. Find `zero_advantage_frac` and `mixed_group_frac` in `metrics_grpo.csv`. What does a `zero_advantage_frac` of 1.0 mean for that step's update, and why can `mixed_group_frac` be 0 while `zero_advantage_frac` is not 1?
 # 3. Train once with `grpo_reference="base"` (in part 02's overrides). How do KL and format compliance behave compared with `"sft"`?
 # 4. Interrupt the GRPO cell, then run the notebook again. Which step does it continue from, and how can you tell no step ran twice?
+# 5. Run GRPO with `filter_prompts=True` (part 02's overrides). How many candidates were never solved, and how does `mixed_group_frac` compare with the unfiltered run? (`python -m course_utils.proof` measures the per-prompt effect with a control; see the README.)
 #
 # ## Further reading
 #

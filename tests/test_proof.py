@@ -30,11 +30,12 @@ def _lora(path):
 
 
 @pytest.mark.slow
-def test_the_proof_runs_every_stage_and_resumes_without_redoing_them(tmp_path, capsys):
+def test_the_proof_runs_every_stage_and_resumes_without_redoing_them(tmp_path, capsys, monkeypatch):
     from course_utils.evaluation import find_checkpoint
 
+    monkeypatch.chdir(tmp_path)  # a relative --run-dir, as the README writes it (Orbax wants absolute paths)
     run = tmp_path / "proof"
-    argv = ["--profile", "smoke", "--run-dir", str(run), "--k", "2", "--train-candidates", "3",
+    argv = ["--profile", "smoke", "--run-dir", "proof", "--k", "2", "--train-candidates", "3",
             "--heldout-candidates", "2", "--grpo-steps", "2", "--eval-examples", "4",
             "--set", "filter_pass_rate_min=0.0", "--set", "eval_batch_size=4", "--set", "checkpoint_every=1"]
     assert proof.main(argv) == 0
