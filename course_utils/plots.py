@@ -130,11 +130,15 @@ def plot_signal_curves(runs: History | Mapping[str, History], path: str | os.Pat
     """Four panels over GRPO steps, saved as a PNG (part 06): the share of groups with mixed
     correctness, the rollouts' accuracy, the reward and the reply length. `runs` is one history
     or several by label (e.g. {"GRPO": ..., "control (lr0)": ...}), drawn in the same panels."""
-    from matplotlib.figure import Figure
-
     labelled = dict(runs) if isinstance(runs, Mapping) and not _is_row(runs) else {"GRPO": runs}
     histories = {label: _rows(h) if not isinstance(h, (str, os.PathLike)) or Path(h).exists() else []
                  for label, h in labelled.items()}
+    return _save(_signal_figure(histories, title), path)
+
+
+def _signal_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str | None) -> Any:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(12, 8), dpi=100, layout="constrained")
     axes = fig.subplots(2, 2, sharex=True).ravel()
     fig.suptitle(title or "GRPO signal over steps")
@@ -145,7 +149,7 @@ def plot_signal_curves(runs: History | Mapping[str, History], path: str | os.Pat
         _finish(ax, name, ylabel, drawn)
     for ax in axes[2:]:
         ax.set_xlabel("GRPO step")
-    return _save(fig, path)
+    return fig
 
 
 def _is_row(value: Any) -> bool:

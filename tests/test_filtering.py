@@ -173,3 +173,34 @@ def test_controls_run_through_the_same_code():
     columns = {tuple(np.round(c, 9)) for c in plain.T}
     assert all(tuple(np.round(c, 9)) in columns for c in mixed.T)
     assert shuffled[0].last_breakdowns()[0].correct  # logging sees the true correctness
+
+
+def test_signal_curves_draw_grpo_and_control_in_the_same_panels(tmp_path):
+    from course_utils.metrics import MetricsLogger
+    from course_utils.plots import SIGNAL_PANELS, plot_signal_curves
+
+    for name, frac in (("grpo", 0.5), ("control", 0.25)):
+        logger = MetricsLogger(tmp_path / name, "grpo")
+        for step in range(1, 5):
+            logger.log({"step": step, "mixed_group_frac": frac, "accuracy": 0.1 * step, "reward_mean": 0.2,
+                        "completion_length_mean": 60 + step})
+    out = plot_signal_curves({"GRPO": tmp_path / "grpo" / "metrics_grpo.jsonl",
+                              "control (lr0)": tmp_path / "control" / "metrics_grpo.jsonl",
+                              "not run yet": tmp_path / "missing.jsonl"}, tmp_path / "signal.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out).shape[:2] == (800, 1200)
+    from course_utils.metrics import read_metrics
+    from course_utils.plots import _signal_figure
+
+    fig = _signal_figure({"GRPO": read_metrics(tmp_path / "grpo" / "metrics_grpo.jsonl"),
+                          "control (lr0)": read_metrics(tmp_path / "control" / "metrics_grpo.jsonl")}, None)
+    signal = fig.axes[0]
+    assert signal.get_title().startswith("Mixed-correctness groups")
+    assert {l.get_label(): list(l.get_ydata()) for l in signal.lines} == {"GRPO": [0.5] * 4, "control (lr0)": [0.25] * 4}
+    assert list(fig.axes[3].lines[0].get_ydata()) == [61, 62, 63, 64]
+    empty = _signal_figure({"GRPO": []}, None)
+    assert all("no data" in [t.get_text() for t in ax.texts] for ax in empty.axes)
+    one = plot_signal_curves(tmp_path / "grpo" / "metrics_grpo.jsonl", tmp_path / "one.png")
+    assert one.exists() and len(SIGNAL_PANELS) == 4 and SIGNAL_PANELS[0][0] == "mixed_group_frac"
