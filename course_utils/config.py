@@ -252,12 +252,15 @@ class TrainingConfig:
 
 # Fields that may change between two sessions of one run (see TrainingConfig.stage_fields).
 SESSION_FIELDS = (
-    "profile", "time_budget_minutes", "checkpoint_every", "keep_checkpoints", "val_examples",
+    "profile", "time_budget_minutes", "checkpoint_every", "keep_checkpoints",
     "eval_examples", "eval_batch_size", "eval_samples_k",
 )
+# What decides the training examples (data.load_splits): the validation draw comes first, so
+# another `val_examples` shifts the train split. Part of SFT_FIELDS, hence of every stage's.
+DATA_FIELDS = ("seed", "data_source", "train_examples", "val_examples")
 # What the SFT stage depends on; GRPO depends on everything but SESSION_FIELDS.
 SFT_FIELDS = (
-    "model", "param_dtype", "vocab_trim", "seed", "data_source", "train_examples", "lora_rank", "lora_alpha",
+    "model", "param_dtype", "vocab_trim", *DATA_FIELDS, "lora_rank", "lora_alpha",
     "adam_b1", "adam_b2", "weight_decay", "sft_steps", "sft_learning_rate", "sft_batch_size",
     "sft_max_length",
 )

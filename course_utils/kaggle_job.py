@@ -16,8 +16,9 @@ The profile. A Kaggle job cannot set environment variables, so `COURSE_PROFILE=t
 seen there. Two things pick `tpu` instead: `course_utils.env.default_profile()` chooses it by
 itself on a TPU, and the copy of each notebook that is pushed gets one extra cell after its
 `parameters` cell (as papermill does) setting `PROFILE = "tpu"` and `COURSE_PROFILE`, so a
-session that came up without a TPU fails loudly (the (1, 8) mesh needs 8 devices) instead of
-quietly running the `cpu` profile. The job also reads each log for `config: profile '...'`.
+session that came up without a TPU fails loudly (`course_utils.env.check_devices` refuses the
+`tpu` profile on anything but the 8 TPU chips its mesh, chosen by `choose_mesh_shape`, needs)
+instead of quietly running the `cpu` profile. The job also reads each log for `config: profile '...'`.
 
 Chaining and the 9-hour limit. Every Kaggle session starts with an empty /kaggle/working, so
 each notebook gets the previous notebook's output as `kernel_sources`: it appears read-only
@@ -684,23 +685,27 @@ def _read_log(dest: Path) -> str:
 
 # --- resuming across the 9-hour limit -------------------------------------------------------------
 def training_progress(output_dir: Path, profile: str = PROFILE) -> dict[str, tuple[int, int]]:
-    """{stage: (latest checkpoint step, target step)} from a fetched kernel output, using the
-    run's own saved config (part 02's config.json) when it has one."""
-    from course_utils.checkpoints import read_checkpoint_info
+    """{stage: (latest checkpoint step, target step)} from a fetched kernel output.
+
+    Reads the Orbax checkpoints part 06's training writes under `runs/<profile>/checkpoints`
+    (`course_utils.training.latest_stage_checkpoint`, the same lookup training resumes from),
+    and the targets from the run's own saved config (part 02's config.json) when it has one.
+    """
     from course_utils.config import CONFIG_FILE, TrainingConfig
+    from course_utils.training import latest_stage_checkpoint
 
     run = output_dir / "runs" / profile
     try:
         config = TrainingConfig.load(run / CONFIG_FILE)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         config = TrainingConfig.for_profile(profile)
     targets = {"sft": config.sft_steps, "grpo": config.max_steps}
-    latest: dict[str, int] = {}
-    for meta in run.rglob("step_*/meta.json") if run.is_dir() else []:
-        info = read_checkpoint_info(meta.parent)
-        if info is not None and info.stage in targets:
-            latest[info.stage] = max(latest.get(info.stage, 0), info.step)
-    return {stage: (step, targets[stage]) for stage, step in latest.items()}
+    progress = {}
+    for stage, target in targets.items():
+        info = latest_stage_checkpoint(run, stage) if run.is_dir() else None
+        if info is not None:
+            progress[stage] = (info.step, target)
+    return progress
 
 
 def needs_resume(output_dir: Path, profile: str = PROFILE) -> str | None:

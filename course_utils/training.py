@@ -49,6 +49,24 @@ def latest_stage_checkpoint(run_dir: str | Path, stage: str) -> Any:
     return latest_checkpoint(checkpoint_dir(run_dir, stage))
 
 
+def drop_untrained_checkpoints(run_dir: str | Path, stage: str) -> list[Path]:
+    """Delete a stage's step-0 checkpoint, if any, and return what was deleted (part 06).
+
+    A step-0 checkpoint holds no training of its own stage: Tunix 0.1.7 saves one when a
+    trainer closes before its first step (a Kaggle session whose time budget ran out before
+    GRPO started). Restored in the next session, a step-0 GRPO checkpoint would put the
+    half-trained SFT weights of that session back over the finished SFT. The course no longer
+    writes them (see `_install_sidecar`); this removes those an older version wrote.
+    """
+    import shutil
+
+    untrained = checkpoint_dir(run_dir, stage) / "0"
+    if not untrained.is_dir():
+        return []
+    shutil.rmtree(untrained)
+    print(f"{stage}: removed {untrained}, a checkpoint saved before any {stage} step (it holds no training)")
+    return [untrained]
+
 
 def phase_at(step: int, max_steps: int, shares: tuple[float, float] = (1 / 3, 1 / 3)) -> str:
     """Curriculum phase of GRPO step `step` (0-based), easy → medium → hard: the first
@@ -315,7 +333,9 @@ def _install_sidecar(trainer: Any, stage: str, config: TrainingConfig, logger: A
     The sidecar rides in Orbax's custom metadata, so it is written atomically with the arrays.
     Tunix's RL trainer keeps its own `global_step` there: that is preserved. Tunix 0.1.7's final
     save (when training ends or the time budget stops it) passes no metadata at all, so that
-    one is redone here with it.
+    one is redone here with it, and never at step 0: a trainer closed before its first step
+    (the time budget ran out first) has nothing of its own to save, and a step-0 checkpoint
+    would be restored over the weights the next session brings (`drop_untrained_checkpoints`).
     """
     own = trainer.custom_checkpoint_metadata
 
@@ -332,7 +352,7 @@ def _install_sidecar(trainer: Any, stage: str, config: TrainingConfig, logger: A
     def save_last() -> None:
         manager = trainer.checkpoint_manager
         last = manager.latest_step()
-        if last is None or last < trainer.train_steps:
+        if trainer.train_steps > 0 and (last is None or last < trainer.train_steps):
             manager.save(trainer.train_steps, trainer.model, trainer.optimizer,
                          save_only_lora_params=trainer._lora_enabled, force=True,
                          custom_metadata=metadata())
@@ -424,6 +444,7 @@ def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequ
     if config.sft_steps == 0:
         print("sft: sft_steps=0, skipping the warm-start")
         return StageResult("sft", 0, 0, 0, 0.0, False, directory, run_dir / "metrics_sft.jsonl")
+    drop_untrained_checkpoints(run_dir, "sft")
     _check_fingerprint(directory, config, "sft", allow_config_change)
     logger = MetricsLogger(run_dir, "sft")
     lr = learning_rate_schedule(config.sft_learning_rate, config.sft_steps, max(1, config.sft_steps // 10))
@@ -746,7 +767,14 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
 
     run_dir = Path(run_dir)
     directory = checkpoint_dir(run_dir, "grpo")
+    drop_untrained_checkpoints(run_dir, "grpo")
     _check_fingerprint(directory, config, "grpo", allow_config_change)
+    if deadline is not None and deadline.expired():  # nothing to build: the next session starts GRPO
+        done = latest_stage_checkpoint(run_dir, "grpo")
+        step = done.step if done is not None else 0
+        print("grpo: the time budget ran out before GRPO started; run this part again "
+              "(or the next Kaggle session with this output attached) to continue")
+        return StageResult("grpo", step, step, config.max_steps, 0.0, True, directory, run_dir / "metrics_grpo.jsonl")
     prompts = grpo_prompts(config, actor, tokenizer, examples, run_dir, model_config=model_config,
                            pass_rates_dir=pass_rates_dir)
     logger = MetricsLogger(run_dir, "grpo")

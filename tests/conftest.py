@@ -32,3 +32,44 @@ def short_cpu_config():
     from course_utils.config import TrainingConfig
 
     return TrainingConfig.for_profile("cpu", max_prompt_length=32, max_generation_length=8, cache_size=40)
+
+
+@pytest.fixture(scope="session")
+def part06_sessions(tmp_path_factory):
+    """Part 06 run as two Kaggle sessions by the course's own training code (smoke profile).
+
+    Session 1's time budget runs out during SFT: it stops with a checkpoint, as a Kaggle session
+    stopped by `time_budget_minutes` does. Its output folder (`<first>/runs/smoke`, what Kaggle
+    keeps of /kaggle/working) is then attached to session 2 as an input and copied into its
+    empty run folder by `env.restore_previous_run`, as on Kaggle; session 2 has no budget and
+    finishes both stages. Returns the two output folders and their logs.
+    """
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+    import types
+
+    from course_utils.config import CONFIG_FILE, TrainingConfig
+    from course_utils.env import restore_previous_run
+
+    smoke = TrainingConfig.for_profile("smoke")
+    base = tmp_path_factory.mktemp("part06")
+    inputs = base / "input"  # plays /kaggle/input
+    first = inputs / "gemma3-grpo-course-06-training"
+    second = base / "working"  # plays /kaggle/working of the next session
+
+    def session(run: "os.PathLike", budget: float | None) -> str:
+        dataclasses.replace(smoke, time_budget_minutes=budget).save(run / CONFIG_FILE)
+        env = {**os.environ, "COURSE_RUN_DIR": str(run), "JAX_PLATFORMS": "cpu", "COURSE_PROFILE": "smoke"}
+        out = subprocess.run([sys.executable, "-m", "course_utils.training"], env=env,
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout
+
+    (first / "runs" / "smoke").mkdir(parents=True)
+    log1 = session(first / "runs" / "smoke", 0.0001)
+    restored = restore_previous_run("smoke", second / "runs" / "smoke", inputs=inputs)
+    assert restored == first / "runs" / "smoke"
+    log2 = session(second / "runs" / "smoke", None)
+    return types.SimpleNamespace(first=first, second=second, log1=log1, log2=log2, config=smoke)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from course_utils import checkpoints, kaggle_job, notebooks
+from course_utils import kaggle_job, notebooks
 from course_utils.config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,20 +361,29 @@ def test_deadline_exits_3_and_a_rerun_waits_for_the_running_kernel(nb_dir, tmp_p
     assert ("download", "02_grpo_config") in rerun.events
 
 
-def _checkpoint(dest: Path, stage: str, step: int) -> None:
-    folder = dest / "runs" / "tpu" / "checkpoints" / stage / f"step_{step:06d}"
-    (folder / "params").mkdir(parents=True)
-    sidecar = {"format": checkpoints.FORMAT, "step": step, "stage": stage, "items": {"params": True}}
-    (folder / "meta.json").write_text(json.dumps(sidecar))
+def _session_output(session: Path, dest: Path) -> None:
+    """A fetched kernel output holding a real part 06 session's run folder (made on the smoke
+    profile by the course's training code, `part06_sessions`), where the tpu profile's goes."""
+    shutil.copytree(session / "runs" / "smoke", dest / "runs" / kaggle_job.PROFILE)
 
 
-def test_training_stopped_by_the_time_budget_is_resumed_from_its_own_output(nb_dir, tmp_path, capsys):
-    target = TrainingConfig.for_profile("tpu").max_steps
+def test_training_progress_reads_the_checkpoints_training_writes(part06_sessions, tmp_path):
+    _session_output(part06_sessions.first, tmp_path / "a")
+    _session_output(part06_sessions.second, tmp_path / "b")
+    steps, target = part06_sessions.config.sft_steps, part06_sessions.config.max_steps
+    stopped = kaggle_job.training_progress(tmp_path / "a")
+    assert set(stopped) == {"sft"} and 1 <= stopped["sft"][0] < steps and stopped["sft"][1] == steps
+    assert kaggle_job.needs_resume(tmp_path / "a") == f"SFT stopped at step {stopped['sft'][0]} of {steps}"
+    assert kaggle_job.training_progress(tmp_path / "b") == {"sft": (steps, steps), "grpo": (target, target)}
+    assert kaggle_job.needs_resume(tmp_path / "b") is None
+    assert kaggle_job.training_progress(tmp_path / "nothing") == {}
 
+
+def test_training_stopped_by_the_time_budget_is_resumed_from_its_own_output(part06_sessions, nb_dir, tmp_path,
+                                                                            capsys):
     def output(name, attempt, dest):
         if name == "06_training":
-            _checkpoint(dest, "sft", 200)
-            _checkpoint(dest, "grpo", target if attempt == 1 else 150)
+            _session_output(part06_sessions.second if attempt == 1 else part06_sessions.first, dest)
 
     fake = FakeKaggle(on_download=output)
     assert _run(nb_dir, tmp_path / "out", fake, "--notebooks", "06,07") == 0
@@ -382,10 +392,10 @@ def test_training_stopped_by_the_time_budget_is_resumed_from_its_own_output(nb_d
     assert first["kernel_sources"] == ["alice/gemma3-grpo-course-05-reward-testing"]
     assert resumed["id"] == first["id"] and resumed["kernel_sources"] == [first["id"]]
     assert evaluation["kernel_sources"] == [first["id"]]
-    assert f"GRPO stopped at step 150 of {target}" in capsys.readouterr().out
+    assert "SFT stopped at step 1 of" in capsys.readouterr().out
     assert kaggle_job.validate_kernel_folder(tmp_path / "out" / "kernels" / "06_training-resume1") == []
 
-    never = FakeKaggle(on_download=lambda name, attempt, dest: _checkpoint(dest, "grpo", 10))
+    never = FakeKaggle(on_download=lambda name, attempt, dest: _session_output(part06_sessions.first, dest))
     assert _run(nb_dir, tmp_path / "o2", never, "--notebooks", "06", "--max-resumes", "1") == 1
     assert "after 1 resume(s)" in capsys.readouterr().err
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from course_utils import training
+from course_utils import checkpoints, training
 from course_utils.config import TrainingConfig
 from course_utils.data import Example, load_splits
 
@@ -283,23 +283,51 @@ def test_training_killed_mid_grpo_resumes_without_repeating_or_skipping(tmp_path
 
 
 @pytest.mark.slow
-def test_time_budget_stops_cleanly_with_a_checkpoint_and_the_next_session_continues(tmp_path):
+def test_a_session_stopped_before_grpo_leaves_no_grpo_checkpoint_and_the_next_continues(part06_sessions):
+    """Session 1's budget ran out in SFT: no step-0 GRPO checkpoint (which session 2 would restore
+    over its finished SFT weights); session 2, started from session 1's output, finishes both."""
+    s, steps = part06_sessions, part06_sessions.config.sft_steps
+    first, second = s.first / "runs" / "smoke", s.second / "runs" / "smoke"
+    assert "time budget" in s.log1 and "run this part again" in s.log1
+    stopped = training.latest_stage_checkpoint(first, "sft")
+    assert stopped is not None and stopped.stage == "sft" and 1 <= stopped.step < steps
+    assert training.latest_stage_checkpoint(first, "grpo") is None
+    assert not training.checkpoint_dir(first, "grpo").joinpath("0").exists()
+    assert f"sft: steps {stopped.step}→{steps} of {steps}" in s.log2
+    assert f"grpo: steps 0→{s.config.max_steps} of {s.config.max_steps}" in s.log2
+    assert training.latest_stage_checkpoint(second, "grpo").step == s.config.max_steps
+    assert [r["step"] for r in _rows(second, "sft")] == list(range(1, steps + 1))
+
+
+def test_drop_untrained_checkpoints_removes_only_step_0(part06_sessions, tmp_path):
+    """A step-0 checkpoint (as Tunix 0.1.7 saved when GRPO closed before its first step: here a
+    real Orbax checkpoint of this run copied to step 0) is removed; trained ones stay."""
+    import shutil
+
     run = tmp_path / "run"
-    run.mkdir()
-    # A budget that expires during SFT: SFT ends early with a checkpoint, GRPO does nothing.
-    env = {**os.environ, "COURSE_RUN_DIR": str(run)}
-    dataclasses.replace(SMOKE, sft_steps=6, time_budget_minutes=0.0001).save(run / "config.json")
-    out = subprocess.run([sys.executable, "-m", "course_utils.training"], env={**env, "COURSE_PROFILE": "smoke"},
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "time budget" in out.stdout and "run this part again" in out.stdout
-    stopped = training.latest_stage_checkpoint(run, "sft")
-    assert stopped is not None and stopped.step < 6 and stopped.stage == "sft"
-    # The next session, with a new budget (allowed to change), finishes both stages.
-    dataclasses.replace(SMOKE, sft_steps=6, time_budget_minutes=None).save(run / "config.json")
-    out = subprocess.run([sys.executable, "-m", "course_utils.training"], env={**env, "COURSE_PROFILE": "smoke"},
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert f"sft: steps {stopped.step}→6 of 6" in out.stdout
-    assert training.latest_stage_checkpoint(run, "grpo").step == SMOKE.max_steps
-    assert [r["step"] for r in _rows(run, "sft")] == list(range(1, 7))
+    shutil.copytree(part06_sessions.second / "runs" / "smoke", run)
+    grpo = training.checkpoint_dir(run, "grpo")
+    trained = training.latest_stage_checkpoint(run, "grpo")
+    shutil.copytree(trained.path, grpo / "0")
+    assert [c.step for c in checkpoints.list_checkpoints(grpo)][0] == 0
+    assert training.drop_untrained_checkpoints(run, "grpo") == [grpo / "0"]
+    assert [c.step for c in checkpoints.list_checkpoints(grpo)][-1] == trained.step
+    assert 0 not in [c.step for c in checkpoints.list_checkpoints(grpo)]
+    assert training.drop_untrained_checkpoints(run, "grpo") == []
+    assert training.drop_untrained_checkpoints(run, "sft") == []
+
+
+def test_resume_refuses_a_change_of_the_training_data(part06_sessions):
+    """val_examples is drawn before the train split, so changing it changes the training data:
+    resuming either stage refuses, naming it; a new time budget is fine."""
+    from course_utils.checkpoints import ConfigMismatchError
+    from course_utils.config import DATA_FIELDS
+
+    run, config = part06_sessions.second / "runs" / "smoke", part06_sessions.config
+    for stage in ("sft", "grpo"):
+        assert set(DATA_FIELDS) <= set(config.stage_fields(stage))
+        directory = training.checkpoint_dir(run, stage)
+        for field, value in (("val_examples", config.val_examples + 1), ("train_examples", 7)):
+            with pytest.raises(ConfigMismatchError, match=field):
+                training._check_fingerprint(directory, dataclasses.replace(config, **{field: value}), stage, False)
+        training._check_fingerprint(directory, dataclasses.replace(config, time_budget_minutes=3.0), stage, False)
