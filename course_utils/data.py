@@ -70,6 +70,10 @@ class Example:
     source: str
 
 
+# Profiles whose run is sized for GSM8K: "auto" may not quietly fall back to the generator there.
+FULL_SIZE_PROFILES = ("tpu", "gpu")
+
+
 class SourceUnavailable(RuntimeError):
     """A data source cannot be used here; the message says why and how to fix it."""
 
@@ -732,9 +736,19 @@ def load_splits(config: Any) -> dict[str, list[Example]]:
     test = the first ``config.eval_examples`` of GSM8K's test split (all when None); validation
     and train are disjoint random draws (seed ``config.seed``) from GSM8K's train split, of
     ``config.val_examples`` and ``config.train_examples`` (the rest when None). A train question
-    that also appears in test is dropped, so no question is in two splits.
+    that also appears in test is dropped, so no question is in two splits. On a full-size
+    profile (`tpu`, `gpu`) "auto" finding no GSM8K raises `SourceUnavailable` rather than
+    training the full run on the toy generator.
     """
     source = resolve_source(config.data_source, "train")
+    if source == "synthetic" and config.data_source == "auto" and config.profile in FULL_SIZE_PROFILES:
+        raise SourceUnavailable(
+            f"the {config.profile!r} profile trains on GSM8K, but data_source='auto' found no copy of it and "
+            "would fall back to the toy problem generator (see the lines above for why each source failed). "
+            "Attach the GSM8K dataset (Kaggle: Add Input), turn the notebook's internet on, or set "
+            "COURSE_GSM8K_DIR to a folder of train.jsonl / test.jsonl; data_source='synthetic' uses the "
+            "generator on purpose."
+        )
     test = load_gsm8k("test", source=source, limit=config.eval_examples, verbose=False)
     test_keys = {_question_key(e.question) for e in load_gsm8k("test", source=source, verbose=False)}
     pool, seen = [], set(test_keys)

@@ -257,25 +257,88 @@ def make_mesh(shape: tuple[int, int] | None = None, model_config: Any = None) ->
     return jax.sharding.Mesh(np.array(devices).reshape(shape), MESH_AXES)
 
 
+TPU_DEVICES = 8  # the tpu profile's machine: Kaggle TPU v5e-8, 8 chips
+
+
+class DeviceMismatch(RuntimeError):
+    """The devices JAX sees are not the ones the profile is sized for; the message says what to do."""
+
+
+def check_devices(config: Any, devices: Any = None) -> None:
+    """Refuse to run the `tpu` profile anywhere but on the TPU chips it is sized for (parts 01,
+    04, 06; `model.load_model` and `training.main` call it).
+
+    Without this, a Kaggle session that came up without a TPU (or a laptop with COURSE_PROFILE=tpu)
+    would start training Gemma 3 1B on the host CPU. It wants `TPU_DEVICES` TPU devices, or
+    COURSE_TPU_DEVICES of them (another TPU size); COURSE_SKIP_DEVICE_CHECK=1 skips it. Other
+    profiles, and the tiny model (a rehearsal of the tpu path on simulated devices), are not checked.
+    """
+    if getattr(config, "profile", None) != "tpu" or getattr(config, "model", None) == "tiny":
+        return
+    if os.environ.get("COURSE_SKIP_DEVICE_CHECK", "").strip() == "1":
+        print("devices: COURSE_SKIP_DEVICE_CHECK=1, not checking that the tpu profile runs on TPUs")
+        return
+    wanted_text = os.environ.get("COURSE_TPU_DEVICES", "").strip()
+    try:
+        wanted = int(wanted_text) if wanted_text else TPU_DEVICES
+        if wanted < 1:
+            raise ValueError
+    except ValueError:
+        raise DeviceMismatch(f"COURSE_TPU_DEVICES={wanted_text!r} must be a whole number of TPU devices "
+                             f"(like 8), or unset for {TPU_DEVICES}.") from None
+    if devices is None:
+        import jax
+
+        devices = jax.devices()
+    tpus = [d for d in devices if d.platform.lower() == "tpu"]
+    if len(tpus) == len(devices) == wanted:
+        return
+    kinds: dict[str, int] = {}
+    for d in devices:
+        name = f"{d.platform.lower()} ({d.device_kind})"
+        kinds[name] = kinds.get(name, 0) + 1
+    found = ", ".join(f"{n} × {k}" for k, n in kinds.items()) or "no devices"
+    raise DeviceMismatch(
+        f"the 'tpu' profile needs {wanted} TPU devices but JAX sees {found}. On Kaggle pick "
+        "Settings → Accelerator → TPU v5e-8 (and restart the session); on another machine use "
+        "COURSE_PROFILE=cpu (or gpu). COURSE_TPU_DEVICES=N accepts another number of TPU chips; "
+        "COURSE_SKIP_DEVICE_CHECK=1 runs anyway."
+    )
+
+
+def device_memory_gib(device: Any) -> float | None:
+    """The memory JAX may use on one device, in GiB (`memory_stats()["bytes_limit"]`), or None
+    where the backend does not report it (the CPU)."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # not implemented on some backends
+        return None
+    limit = (stats or {}).get("bytes_limit")
+    return round(limit / 2**30, 2) if limit else None
+
+
 def describe() -> dict[str, Any]:
-    """A summary of this machine for part 01: platform, devices, Kaggle, versions."""
+    """A summary of this machine for part 01: platform, devices and their memory, Kaggle, the
+    versions of JAX, jaxlib, libtpu and the course's libraries."""
     import platform as _platform
 
     import jax
 
     devices = jax.devices()
+    memory = [device_memory_gib(d) for d in devices]
     info: dict[str, Any] = {
         "python": _platform.python_version(),
         "jax": jax.__version__,
         "accelerator": accelerator(),
         "device_count": len(devices),
         "device_kind": devices[0].device_kind,
+        "device_memory_gib": memory if any(m is not None for m in memory) else "not reported by this backend",
         "kaggle": is_kaggle(),
         "default_profile": default_profile(),
     }
     from importlib import metadata
 
-    for dist in ("google-tunix", "flax", "optax", "orbax-checkpoint", "qwix"):
+    for dist in ("jaxlib", "libtpu", "google-tunix", "flax", "optax", "orbax-checkpoint", "qwix"):
         try:
             info[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -1,13 +1,16 @@
 """Install the course's pinned packages where they are missing (part 01).
 
 Locally, `pip install -r requirements.txt` has done this already and `ensure_packages()` only
-checks. On Kaggle it pip-installs what is missing or at another version, and on a TPU adds
-`jax[tpu]` at the pinned JAX version. Nothing is ever installed from git.
+checks. On Kaggle it pip-installs what is missing or at another version, and on a TPU host
+`jax[tpu]` at the pinned JAX version whenever the installed libtpu is not the one that jax
+requires (Kaggle's TPU image ships its own libtpu; jax 0.10.2 needs libtpu 0.0.42.*, which PyPI
+has as cp312 wheels for Kaggle's Python 3.12). Nothing is ever installed from git.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -72,30 +75,68 @@ def missing_packages(names: tuple[str, ...] = RUNTIME) -> list[str]:
     return wanted
 
 
-def on_tpu_host() -> bool:
-    """True on a TPU VM (Kaggle sets TPU_NAME / TPU_ACCELERATOR_TYPE; TPUs show as /dev/accel*).
+def libtpu_requirement() -> str | None:
+    """The libtpu requirement of the pinned jax's `tpu` extra, read from jax's own metadata
+    (jax 0.10.2: "libtpu==0.0.42.*"); None when jax is absent or not at its pin (installing
+    `jax[tpu]` at the pin then brings the right one)."""
+    from packaging.requirements import Requirement
 
-    Checked without importing JAX, which may not be installed yet.
+    if installed_version("jax") != PINS["jax"]:
+        return None
+    for text in metadata.requires("jax") or []:
+        req = Requirement(text)
+        if req.name == "libtpu" and req.marker is not None and req.marker.evaluate({"extra": "tpu"}):
+            return f"{req.name}{req.specifier}"
+    return None
+
+
+def tpu_packages() -> list[str]:
+    """What a TPU host needs on top of the pins: `jax[tpu]` at the pinned jax, with its libtpu."""
+    libtpu = libtpu_requirement()
+    return [f"jax[tpu]=={PINS['jax']}"] + ([libtpu] if libtpu else [])
+
+
+def libtpu_matches() -> bool:
+    """True when the installed libtpu is the one the pinned jax requires."""
+    from packaging.requirements import Requirement
+
+    need, have = libtpu_requirement(), installed_version("libtpu")
+    return need is not None and have is not None and Requirement(need).specifier.contains(have, prereleases=True)
+
+
+def tpu_host_signs(environ: dict[str, str] | None = None, dev: Path = Path("/dev")) -> list[str]:
+    """What marks this machine as a TPU VM, without importing JAX (which may not be installed).
+
+    Kaggle's TPU image sets `ISTPUVM=1`; Cloud TPU VMs set TPU_NAME / TPU_ACCELERATOR_TYPE; TPU
+    v4 and older show their chips as /dev/accel*, v5e and newer as VFIO groups /dev/vfio/<n>.
     """
-    import glob
-    import os
+    environ = os.environ if environ is None else environ
+    signs = [f"{name}={environ[name]}" for name in ("ISTPUVM", "TPU_NAME", "TPU_ACCELERATOR_TYPE")
+             if environ.get(name, "").strip() not in ("", "0")]
+    signs += sorted(str(p) for p in dev.glob("accel*"))
+    signs += sorted(str(p) for p in dev.glob("vfio/*") if p.name.isdigit())
+    return signs
 
-    return bool(os.environ.get("TPU_NAME") or os.environ.get("TPU_ACCELERATOR_TYPE") or glob.glob("/dev/accel*"))
+
+def on_tpu_host() -> bool:
+    """True on a TPU VM (see `tpu_host_signs`: v5e included)."""
+    return bool(tpu_host_signs())
 
 
 def packages_to_install(tpu: bool) -> list[str]:
-    """The pip requirements still needed: missing or other-version pins, plus jax[tpu] on a TPU."""
+    """The pip requirements still needed: missing or other-version pins, plus, on a TPU host,
+    `tpu_packages()` unless the installed libtpu already is the one jax requires."""
     wanted = missing_packages()
-    if tpu and installed_version("libtpu") is None:
-        wanted.append(f"jax[tpu]=={PINS['jax']}")
+    if tpu and not libtpu_matches():
+        wanted += tpu_packages()
     return wanted
 
 
 def ensure_packages(tpu: bool | None = None, dry_run: bool = False) -> None:
     """Install what is missing, on Kaggle only; elsewhere (or with `dry_run`) say what differs.
 
-    If JAX was already imported at another version, the new one only takes effect after a
-    kernel restart: it says so rather than failing later in a confusing way.
+    When it changed jax, jaxlib or libtpu it says that a kernel restart is needed: a running
+    kernel keeps the JAX (and the TPU runtime) it loaded.
     """
     from course_utils.env import is_kaggle
 
@@ -110,11 +151,11 @@ def ensure_packages(tpu: bool | None = None, dry_run: bool = False) -> None:
         )
         return
     print("packages: installing " + ", ".join(wanted))
-    jax_was_imported = "jax" in sys.modules
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], check=True)
     importlib.invalidate_caches()
-    if jax_was_imported and any(w.startswith(("jax", "jaxlib")) for w in wanted):
-        print("JAX was already imported at another version: restart the kernel (Run → Restart) and run from the top.")
+    if any(w.startswith(("jax", "jaxlib", "libtpu")) for w in wanted):
+        print("packages: jax/jaxlib/libtpu changed: restart the kernel (Run → Restart and clear output) "
+              "and run from the top, so that the new JAX and TPU runtime are the ones loaded.")
 
 
 def requirement_pins(path: Path = REQUIREMENTS) -> dict[str, str]:

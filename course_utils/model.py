@@ -164,10 +164,14 @@ def load_model(config: Any, mesh: Any = None, full_vocabulary: bool = False) -> 
     vocabulary and the tokenizer is a `course_utils.vocab.TrimmedTokenizer`;
     `full_vocabulary=True` loads all 262,144 rows regardless (export, part 08).
     `mesh` defaults to `model_mesh(config)`: (2, 4) for Gemma 3 1B on a TPU v5e-8, (1, 1) on a
-    CPU. Parameters are placed with Gemma 3's sharding rules on it.
+    CPU. Parameters are placed with Gemma 3's sharding rules on it. The `tpu` profile refuses to
+    load anywhere but on TPUs (`course_utils.env.check_devices`).
     """
+    from course_utils.env import check_devices
+
     if config.model not in ("tiny", "gemma3-270m", "gemma3-1b-it"):  # guards hand-made config objects
         raise ValueError(f"model={config.model!r} is unknown; choose tiny, gemma3-270m or gemma3-1b-it.")
+    check_devices(config)
     if mesh is None:
         mesh = model_mesh(config)
     model_config = tunix_model_config(config)

@@ -855,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from course_utils.config import load_run_config
     from course_utils.data import load_splits
-    from course_utils.env import run_dir as default_run_dir
+    from course_utils.env import check_devices, run_dir as default_run_dir
     from course_utils.lora import apply_lora
     from course_utils.model import load_model, model_mesh
 

@@ -59,7 +59,8 @@ MESH_SHAPE = None  # (fsdp, tp) device grid; None = the course's choice, e.g. (2
 # ## The machine
 #
 # JAX sees a list of devices: 8 TPU chips on a Kaggle TPU v5e-8, one CPU device on a
-# laptop. `describe()` collects the versions and the device count in one dictionary.
+# laptop. `describe()` collects the versions (JAX, jaxlib and, on a TPU, libtpu, which must be
+# the one JAX requires), the device count and each device's memory in one dictionary.
 
 # %%
 from course_utils import env
@@ -80,6 +81,14 @@ from course_utils.config import TrainingConfig
 
 config = TrainingConfig.for_profile(PROFILE) if PROFILE else TrainingConfig.from_env()
 print("profile:", config.profile, "| model:", config.model, "| GRPO steps:", config.max_steps)
+
+# %% [markdown]
+# The `tpu` profile is sized for the 8 chips of a TPU v5e-8. `check_devices` stops here, naming
+# what JAX found, if a session came up without them (a Kaggle notebook whose accelerator is off
+# would otherwise start training Gemma 3 1B on the host CPU). Other profiles pass.
+
+# %%
+env.check_devices(config)
 
 # %% [markdown]
 # ## The device mesh

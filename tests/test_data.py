@@ -371,3 +371,25 @@ def test_real_gsm8k_loads_whole(monkeypatch):
     assert (len(train), len(test)) == (7473, 1319)
     assert {e.difficulty for e in train} == set(DIFFICULTIES)
     assert all(canonical_number(e.answer) == e.answer for e in train + test)
+
+
+def test_full_size_profiles_never_fall_back_to_the_generator_silently(monkeypatch, capsys):
+    """tpu/gpu with data_source='auto' and no GSM8K anywhere: an error naming the fixes, not a
+    full-size run on toy problems. Asking for the generator, or a small profile, still works."""
+    from course_utils import data
+
+    def unavailable(source, split):
+        if source == "synthetic":
+            return data._synthetic(split, None)
+        raise SourceUnavailable(f"{source}: not here (test)")
+
+    monkeypatch.setattr(data, "_load_from", unavailable)
+    monkeypatch.setattr(data, "_cache", {})
+    small = dict(train_examples=10, val_examples=5, eval_examples=5)
+    for profile in ("tpu", "gpu"):
+        with pytest.raises(SourceUnavailable, match="COURSE_GSM8K_DIR") as err:
+            load_splits(TrainingConfig.for_profile(profile, data_source="auto", **small))
+        assert f"'{profile}' profile trains on GSM8K" in str(err.value) and "data_source='synthetic'" in str(err.value)
+    assert "local: not here" in capsys.readouterr().out  # why each source failed was printed
+    assert len(load_splits(TrainingConfig.for_profile("tpu", data_source="synthetic", **small))["train"]) == 10
+    assert len(load_splits(TrainingConfig.for_profile("cpu", data_source="auto", **small))["train"]) == 10

@@ -107,9 +107,8 @@ def test_environment_matches_the_pins():
     assert install.missing_packages(tuple(install.PINS)) == []
 
 
-def test_packages_to_install_adds_tpu_build_and_mismatches(monkeypatch):
+def test_packages_to_install_lists_mismatches(monkeypatch):
     assert install.packages_to_install(tpu=False) == []
-    assert install.packages_to_install(tpu=True) == ["jax[tpu]==0.10.2"]
     monkeypatch.setitem(install.PINS, "tqdm", "0.0.1")
     assert "tqdm==0.0.1" in install.packages_to_install(tpu=False)
 
@@ -121,15 +120,6 @@ def test_ensure_packages_never_installs_outside_kaggle(monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
     install.ensure_packages(tpu=False)
     assert "would install tqdm==0.0.1" in capsys.readouterr().out
-
-
-def test_ensure_packages_on_kaggle_runs_pip_and_warns_about_restart(monkeypatch, capsys):
-    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
-    calls = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
-    install.ensure_packages(tpu=True)
-    assert calls == [[sys.executable, "-m", "pip", "install", "-q", "jax[tpu]==0.10.2"]]
-    assert "restart the kernel" in capsys.readouterr().out  # jax is already imported here
 
 
 def test_run_dir_on_kaggle_continues_from_an_attached_previous_run(monkeypatch, tmp_path, capsys):

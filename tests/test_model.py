@@ -341,6 +341,7 @@ def test_kaggle_refusal_says_what_to_do(monkeypatch, case):
         raise error
 
     monkeypatch.setattr(kagglehub, "model_download", refuse)
+    monkeypatch.setenv("COURSE_SKIP_DEVICE_CHECK", "1")  # no TPU here: get past env.check_devices
     with pytest.raises(ModelAccessError) as info:
         load_model(TrainingConfig.for_profile("tpu"))
     message = str(info.value)
