@@ -208,6 +208,47 @@ class Deadline:
     def remaining_minutes(self) -> float:
         return math.inf if self._end is None else max(0.0, (self._end - time.monotonic()) / 60.0)
 
+    def reserve(self, minutes: float) -> "Deadline":
+        """A deadline `minutes` before this one, for work that must leave time for what follows
+        it inside the same budget (part 06 keeps the final evaluation's minutes out of training's)."""
+        if minutes < 0:
+            raise ValueError(f"minutes={minutes} must be zero or more")
+        earlier = Deadline(None)
+        if self._end is not None:
+            earlier.minutes = max(0.0, self.minutes - minutes)
+            earlier._end = self._end - 60.0 * minutes
+        return earlier
+
+
+EVAL_MARGIN = 1.25  # an evaluation's time varies with how long the replies are
+
+
+def evaluation_minutes(config: TrainingConfig, run_dir: str | Path | None = None,
+                       examples: int | None = None) -> float:
+    """Minutes one evaluation of `examples` held-out problems takes, with a margin, so part 06
+    can keep them inside the session's time budget (`Deadline.reserve`).
+
+    Measured where possible: scaled from this run's saved "sft" (else "baseline") evaluation
+    (its greedy + sampled seconds, `evaluation.evaluate_model`), which part 06 makes before
+    training. Otherwise from the batch count and `kaggle_job.ASSUMED_SECONDS["eval_batch"]`,
+    an assumption for a TPU v5e-8 until a TPU run measures it.
+    """
+    from course_utils.evaluation import saved_result
+    from course_utils.kaggle_job import ASSUMED_SECONDS, GSM8K_TEST_SIZE
+
+    n = examples or config.eval_examples or GSM8K_TEST_SIZE
+    for name in ("sft", "baseline"):
+        saved = saved_result(run_dir, name) if run_dir is not None else None
+        if saved is None or not saved.rows:
+            continue
+        seconds = float(saved.settings.get("seconds_greedy") or 0.0) + float(saved.settings.get("seconds_sampled") or 0.0)
+        if seconds > 0:
+            return EVAL_MARGIN * seconds * n / len(saved.rows) / 60.0
+
+    sampled = min(n, config.eval_sampled_examples or n) * config.eval_samples_k if config.eval_samples_k > 1 else 0
+    batches = math.ceil(n / config.eval_batch_size) + math.ceil(sampled / config.eval_batch_size)
+    return EVAL_MARGIN * batches * ASSUMED_SECONDS["eval_batch"] / 60.0
+
 
 # --- metrics from Tunix into the course's JSONL -----------------------------------------------
 

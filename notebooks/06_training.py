@@ -110,8 +110,11 @@ print(format_solution(splits["train"][0]))
 # about 10× GRPO's (LoRA wants larger steps than full fine-tuning), gradient clipping at 1.0.
 
 # %%
+# The session's budget also has to cover the two evaluations after SFT: timed from the baseline's.
+eval_minutes = training.evaluation_minutes(config, RUN_DIR, len(held_out))
+print(f"keeping {2 * eval_minutes:.1f} min of the budget for the SFT and final evaluations")
 sft = training.train_sft(config, actor, loaded.tokenizer, splits["train"], RUN_DIR,
-                         deadline=deadline, allow_config_change=ALLOW_CONFIG_CHANGE)
+                         deadline=deadline.reserve(2 * eval_minutes), allow_config_change=ALLOW_CONFIG_CHANGE)
 print(sft.message())
 
 # %%
@@ -175,8 +178,9 @@ for p in (0.02, 0.08, 0.2, 0.5, 0.9):
 
 # %%
 reference = training.make_reference(loaded.model, actor, config, mesh)
+eval_minutes = training.evaluation_minutes(config, RUN_DIR, len(held_out))  # timed from the SFT evaluation
 grpo = training.train_grpo(config, actor, reference, loaded.tokenizer, splits["train"], RUN_DIR, mesh,
-                           deadline=deadline, allow_config_change=ALLOW_CONFIG_CHANGE)
+                           deadline=deadline.reserve(eval_minutes), allow_config_change=ALLOW_CONFIG_CHANGE)
 print(grpo.message())
 
 # %% [markdown]

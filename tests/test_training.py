@@ -331,3 +331,29 @@ def test_resume_refuses_a_change_of_the_training_data(part06_sessions):
             with pytest.raises(ConfigMismatchError, match=field):
                 training._check_fingerprint(directory, dataclasses.replace(config, **{field: value}), stage, False)
         training._check_fingerprint(directory, dataclasses.replace(config, time_budget_minutes=3.0), stage, False)
+
+
+def test_reserve_keeps_minutes_of_the_budget_for_what_follows():
+    budget = training.Deadline(10.0)
+    kept = budget.reserve(4.0)
+    assert kept.minutes == 6.0 and 5.9 < kept.remaining_minutes() <= 6.0 and not kept.expired()
+    assert budget.reserve(10.0).expired() and budget.reserve(12.0).remaining_minutes() == 0.0
+    assert training.Deadline(None).reserve(5.0).remaining_minutes() == float("inf")
+    with pytest.raises(ValueError):
+        budget.reserve(-1.0)
+
+
+def test_evaluation_minutes_are_scaled_from_this_runs_saved_evaluation(tmp_path):
+    from course_utils.evaluation import evaluate_responses, save_results
+    from course_utils.kaggle_job import ASSUMED_SECONDS
+
+    config = dataclasses.replace(SMOKE, eval_examples=40, eval_batch_size=4, eval_samples_k=2, eval_sampled_examples=8)
+    assumed = training.evaluation_minutes(config, tmp_path)  # nothing saved yet: the assumed TPU figure
+    assert assumed == pytest.approx(training.EVAL_MARGIN * (10 + 4) * ASSUMED_SECONDS["eval_batch"] / 60)
+    problems = _examples(2)[:4]
+    base = evaluate_responses("baseline", problems, ["no"] * 4, settings={"seconds_greedy": 60.0, "seconds_sampled": 0.0})
+    save_results([base], tmp_path)
+    assert training.evaluation_minutes(config, tmp_path) == pytest.approx(training.EVAL_MARGIN * 60.0 * 40 / 4 / 60)
+    sft = evaluate_responses("sft", problems, ["no"] * 4, settings={"seconds_greedy": 20.0, "seconds_sampled": 4.0})
+    save_results([base, sft], tmp_path)  # the SFT model's evaluation is the closer guide to the final one
+    assert training.evaluation_minutes(config, tmp_path, 8) == pytest.approx(training.EVAL_MARGIN * 24.0 * 8 / 4 / 60)
