@@ -527,6 +527,44 @@ def test_the_kaggle_package_accepts_the_folders_offline(nb_dir, tmp_path):
     assert pushed["kernels"] == meta["kernel_sources"] and pushed["cells"] == 5
 
 
+def test_every_metadata_field_and_value_is_what_the_pinned_client_reads_and_accepts(nb_dir, tmp_path):
+    """The fields `KaggleApi.kernels_push` (kaggle 2.2.4) reads, taken from its own source, are
+    exactly METADATA_FIELDS; every value kaggle_job writes passes the client's own checks
+    (language and kernel type lists, boolean parsing, its validators for each source string)."""
+    import inspect
+    import re
+
+    if not kaggle_job.importlib.util.find_spec("kaggle"):
+        pytest.skip("the kaggle package is not installed (requirements.txt pins it)")
+    api_class = kaggle_job.load_kaggle_api_class()
+    source = inspect.getsource(api_class.kernels_push)
+    read = set(re.findall(r'meta_data, "(\w+)"', source)) | set(re.findall(r'meta_data\.get\("(\w+)"\)', source))
+    assert read == set(kaggle_job.METADATA_FIELDS), sorted(read ^ set(kaggle_job.METADATA_FIELDS))
+    assert _dry_run(nb_dir, tmp_path / "out") == 0
+    api = api_class()  # not authenticated: only its validators are used
+    for name in COURSE:
+        meta = _meta(tmp_path / "out", name)
+        assert set(meta) <= read  # nothing written that the client ignores
+        assert meta["language"] in api.valid_push_language_types
+        assert meta["kernel_type"] in api.valid_push_kernel_types
+        for field in ("is_private", "enable_gpu", "enable_tpu", "enable_internet"):
+            assert api.get_bool(meta, field, not meta[field]) is meta[field]
+        for ref in meta["dataset_sources"]:
+            api.validate_dataset_string(ref)
+        for ref in meta["kernel_sources"]:
+            api.validate_kernel_string(ref)
+        for ref in meta["model_sources"]:
+            api.validate_model_instance_version_string(ref)
+        owner, slug, version = api.parse_kernel_string(meta["id"])
+        assert (owner, slug, version) == (*meta["id"].split("/"), None)
+        assert 5 <= len(meta["title"]) and "docker_image" not in meta and "docker_image_pinning_type" not in meta
+        # machine_shape is passed through unchecked by the client; "TpuV5E8" is Kaggle's name for
+        # TPU v5e-8 (kaggle-cli docs/kernels_metadata.md, PR 1198).
+        assert meta["machine_shape"] == "TpuV5E8"
+    with pytest.raises(ValueError):
+        api.validate_model_instance_version_string("google/gemma-3/flax/gemma3-1b-it")  # the checks are real
+
+
 def test_validation_catches_bad_metadata(nb_dir, tmp_path):
     out = tmp_path / "out"
     assert _dry_run(nb_dir, out, "--notebooks", "01") == 0
