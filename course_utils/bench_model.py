@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                   "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
         passed += ["--dtype", args.dtype] if args.dtype else []
         table = compare("course_utils.bench_model", passed, args.rounds, {
-            "tokens_per_second": "greedy tokens/s", "first_call_seconds": "first call, compiling (s)",
-            "load_seconds": "load (s)", "peak_rss_gb": "peak RSS (GB)"})
+            "tokens_per_second": ("greedy tokens/s", "rate"),
+            "first_call_seconds": ("first call, compiling (s)", "time"),
+            "load_seconds": ("load (s)", "time"), "peak_rss_gb": ("peak RSS (GB)", "time")})
         if args.json:
             args.json.write_text(json.dumps(table, indent=2) + "\n")
         return 0

@@ -61,11 +61,13 @@ def machine() -> str:
 def compare(module: str, argv: list[str], rounds: int, keys: dict[str, str]) -> dict[str, Any]:
     """Run `python -m module argv --variant V --json F` for V in full, trimmed, `rounds` times
     (alternating), and print each figure's median per variant and the ratio full / trimmed.
-    `keys` maps a figure to how it reads ("seconds per GRPO step", ...)."""
+    `keys` maps a figure to (how it reads, "time" or "rate"): the gain is full / trimmed for a
+    time (or memory), trimmed / full for a rate, so > 1 means the trimmed path is better."""
     import subprocess
     import sys
 
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(rounds):
             for variant in VARIANTS:
@@ -73,17 +75,23 @@ def compare(module: str, argv: list[str], rounds: int, keys: dict[str, str]) -> 
                 cmd = [sys.executable, "-m", module, *argv, "--variant", variant, "--json", str(out)]
                 print(f"round {round_ + 1}/{rounds}: {variant} ...", flush=True)
                 done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode:
-                    raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+                if done.returncode:  # e.g. -9: killed, out of memory; reported, not fatal
+                    print(f"  {variant} failed with exit status {done.returncode} (-9: killed, e.g. out of memory):\n"
+                          f"{done.stderr[-1500:]}", flush=True)
+                    failures.append(f"{variant} (round {round_ + 1}): exit status {done.returncode}")
+                    continue
                 results[variant].append(json.loads(out.read_text()))
-    table = {"machine": machine(), "rounds": rounds, "figures": {}}
+    table = {"machine": machine(), "rounds": rounds, "figures": {}, "failures": failures}
     print(f"\n{module} --compare on {table['machine']} ({rounds} round(s); medians)")
-    print(f"{'':34s} {'full':>10s} {'trimmed':>10s} {'full/trimmed':>13s}")
-    for key, words in keys.items():
-        values = {v: statistics.median(r[key] for r in results[v]) for v in VARIANTS}
-        ratio = values["full"] / values["trimmed"] if values["trimmed"] else float("nan")
-        table["figures"][key] = {**values, "ratio": round(ratio, 2)}
-        print(f"{words:34s} {values['full']:10.2f} {values['trimmed']:10.2f} {ratio:12.2f}x")
+    print(f"{'':34s} {'full':>10s} {'trimmed':>10s} {'gain':>9s}")
+    for key, (words, kind) in keys.items():
+        values = {v: statistics.median(float("nan") if r.get(key) is None else r[key] for r in results[v]) if results[v] else float("nan") for v in VARIANTS}
+        better, worse = (values["trimmed"], values["full"]) if kind == "rate" else (values["full"], values["trimmed"])
+        gain = better / worse if worse else float("nan")
+        table["figures"][key] = {**values, "gain": round(gain, 2)}
+        print(f"{words:34s} {values['full']:10.2f} {values['trimmed']:10.2f} {gain:8.2f}x")
+    for failure in failures:
+        print(f"failed: {failure}")
     table["runs"] = results
     return table
 
@@ -96,16 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="with --compare: rounds of both variants")
     parser.add_argument("--steps", type=int, default=4, help="GRPO steps to time")
     parser.add_argument("--sft-steps", type=int, default=0, help="SFT steps before GRPO (0 = none)")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default: the profile's batch)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.compare:
         passed = ["--profile", args.profile, "--steps", str(args.steps), "--sft-steps", str(args.sft_steps)]
+        passed += ["--prompts", str(args.prompts)] if args.prompts else []
         table = compare("course_utils.bench_training", passed, args.rounds, {
-            "seconds_per_step": "GRPO seconds per step",
-            "rollout_seconds": "  of which rollout (s)",
-            "update_seconds": "  of which reference+update (s)",
-            "rollout_tokens_per_second": "rollout tokens/s",
-            "peak_rss_gb": "peak RSS (GiB)",
+            "seconds_per_step": ("GRPO seconds per step", "time"),
+            "rollout_seconds": ("  of which rollout (s)", "time"),
+            "update_seconds": ("  of which log-probs + update (s)", "time"),
+            "rollout_tokens_per_second": ("rollout tokens/s", "rate"),
+            "peak_rss_gb": ("peak RSS (GiB)", "time"),
         })
         if args.json:
             args.json.write_text(json.dumps(table, indent=2) + "\n")
@@ -120,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     from course_utils.metrics import read_metrics
     from course_utils.model import load_model, model_mesh
 
+    batch = dict.fromkeys(("global_batch_size", "mini_batch_size", "micro_batch_size"), args.prompts) if args.prompts else {}
     config = TrainingConfig.for_profile(args.profile, max_steps=args.steps, sft_steps=args.sft_steps,
                                         time_budget_minutes=None, checkpoint_every=10**6,
-                                        **VARIANTS[args.variant])
+                                        **VARIANTS[args.variant], **batch)
     mesh = model_mesh(config)
     jax.set_mesh(mesh)
     began = time.perf_counter()

@@ -5,9 +5,10 @@
 * base weights — exact, from the shapes of the Tunix model and its sharding rules on the mesh;
 * LoRA weights, their gradients and AdamW's two moments (same dtype as the weights);
 * the KV cache for the rollouts: `global_batch_size × G` sequences of `cache_size` tokens;
-* the reference model — shared with the LoRA model's frozen base, so no extra copy;
+* the reference model — shared with the LoRA model's frozen base, so no extra copy (none at β = 0);
 * the logits of one micro-batch forward pass (policy or reference), the largest activation:
-  `micro_batch_size × G × (prompt + generation) × vocabulary` float32 numbers.
+  `micro_batch_size × G × (prompt + generation) × vocabulary` float32 numbers (the kept
+  vocabulary with `vocab_trim`).
 
 These are lower bounds: compiled programs, temporaries and the runtime itself come on top
 (on a 2-core CPU the measured peak of GRPO on the 270M is several GB above this table).
@@ -84,6 +85,12 @@ def memory_table(config: Any, mesh_shape: tuple[int, int] = (1, 1)) -> list[dict
     from course_utils.model import tunix_model_config
 
     mc = tunix_model_config(config)
+    if getattr(config, "vocab_trim", False):  # only the kept embedding rows (course_utils.vocab)
+        import dataclasses
+
+        from course_utils.vocab import KEPT_SIZE
+
+        mc = dataclasses.replace(mc, num_embed=min(mc.num_embed, KEPT_SIZE))
     w = _bytes_per(mc.param_dtype)
     devices = mesh_shape[0] * mesh_shape[1]
     tp = mesh_shape[1]
@@ -103,7 +110,8 @@ def memory_table(config: Any, mesh_shape: tuple[int, int] = (1, 1)) -> list[dict
         ("optimiser state (AdamW)", "2 moments per LoRA weight", 2 * lora * w, 2 * lora * w),
         ("KV cache for the rollouts", f"{config.global_batch_size} prompts × G={g} × {config.cache_size} tokens × "
          f"{mc.num_layers} layers × K,V (replicated)", kv, kv),
-        ("reference model", f"shares the frozen base weights (a copy would be {weights * w / GIB:.2f} GiB)", 0, 0),
+        ("reference model", "none: β = 0, no KL term" if config.beta == 0 else
+         f"shares the frozen base weights (a copy would be {weights * w / GIB:.2f} GiB)", 0, 0),
         ("logits of one micro-batch", f"{micro} sequences × {seq} tokens × {mc.num_embed:,} words × 4 B, "
          f"vocabulary sharded on tp={tp}", logits, logits / tp),
     ]

@@ -120,6 +120,28 @@ embedding = model_config.num_embed * model_config.embed_dim
 print(f"{'parameters':>24}: {count_parameters(model):,} ({100 * embedding / count_parameters(model):.0f} % embedding)")
 
 # %% [markdown]
+# ### The trimmed vocabulary (`vocab_trim`)
+#
+# Grade-school arithmetic in English uses a few thousand of those 262,144 pieces, yet the output
+# layer (the embedding, reused) scores all of them at every position. With `vocab_trim=True` (the
+# `cpu` and `smoke` profiles) `load_model` keeps only the 32,768 rows listed in
+# `data/kept_vocabulary.json`: every piece the course's prompts and SFT targets use, the special,
+# chat and byte tokens, and the most frequent other pieces as a margin. The output layer shrinks
+# 8×. It is exact on what it keeps — a kept piece's logit is the full model's — and a
+# `TrimmedTokenizer` maps ids both ways; text with a piece outside the list is spelled with kept
+# pieces. Sampling renormalises over the kept pieces (`python -m course_utils.vocab --report`
+# measures the probability mass that leaves out). LoRA never touches the embedding, so part 08
+# exports the full-vocabulary Gemma with the same adapters. `tpu` keeps the full vocabulary.
+
+# %%
+from course_utils.vocab import TrimmedTokenizer
+
+print(f"vocab_trim={config.vocab_trim}: {model.embedder.num_embed:,} embedding rows")
+if isinstance(tokenizer, TrimmedTokenizer):
+    ids = tokenizer.encode("Mia buys 12 pencils.")
+    print(ids, "= full-vocabulary ids", tokenizer.to_full(ids), "=", repr(tokenizer.decode(ids)))
+
+# %% [markdown]
 # ## 4. The tokenizer
 #
 # Prompts use Gemma's chat template. `<start_of_turn>` and `<end_of_turn>` must be single

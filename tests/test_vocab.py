@@ -135,3 +135,15 @@ def test_270m_trimmed_logits_and_greedy_replies_equal_the_full_model(cpu_loaded,
     prompts = [build_prompt(p.question) for p in HELD_OUT]
     assert generate(trimmed.model, tok, trimmed.model_config, prompts, config) == \
         generate(cpu_loaded.model, cpu_loaded.tokenizer, cpu_loaded.model_config, prompts, config)
+
+
+def test_memory_table_counts_only_the_kept_rows():
+    from course_utils.memory import memory_table
+
+    def rows(config):
+        return {r["component"]: r["total_gib"] for r in memory_table(config)}
+
+    full, trimmed = rows(TrainingConfig.for_profile("cpu", vocab_trim=False)), rows(TrainingConfig.for_profile("cpu"))
+    assert full["logits of one micro-batch"] / trimmed["logits of one micro-batch"] == 262_144 / vocab.KEPT_SIZE
+    saved = (262_144 - vocab.KEPT_SIZE) * 640 * 4 / 1024**3  # float32 rows of width 640
+    assert full["base weights"] - trimmed["base weights"] == pytest.approx(saved)
