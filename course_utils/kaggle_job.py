@@ -896,6 +896,95 @@ ASSUMED_SECONDS = {
 }
 
 
+# One TPU v5e chip (Google Cloud's TPU v5e specification): peak bf16 matrix throughput and HBM
+# bandwidth. A v5e-8 has TPU_CHIPS of them.
+V5E_PEAK_FLOPS = 197e12
+V5E_HBM_BYTES_PER_S = 819e9
+TPU_CHIPS = 8
+# ASSUMED: the share of peak that Tunix's GRPO step reaches on a v5e-8 (rollout decoding in a
+# Python loop, small batches). Replace it with a measured one after a TPU run.
+EFFICIENCY = 0.25
+
+
+def xla_flops(config: Any, batch: int, length: int, grad: bool = False) -> float:
+    """FLOPs XLA counts for the course's Gemma 3 (`config.model`, `config.param_dtype`) on a
+    (batch, length) block of tokens: one forward pass, or forward + gradient with `grad`.
+
+    Lowered with abstract weights (`jax.jit(...).lower(...).cost_analysis()`): nothing is
+    allocated and nothing compiled, so the 1B's figures come out on any CPU in seconds.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from tunix.models.gemma3.model import Gemma3
+
+    from course_utils.model import tunix_model_config
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Gemma3(tunix_model_config(config), rngs=nnx.Rngs(0))))
+
+    def loss(state: Any, tokens: Any) -> Any:
+        model = nnx.merge(graphdef, state)
+        positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        mask = jnp.broadcast_to(jnp.tril(jnp.ones((length, length), bool)), (batch, length, length))
+        logits, _ = model(tokens, positions, None, mask)
+        return jax.nn.log_softmax(logits.astype(jnp.float32)).mean()
+
+    fn = jax.grad(loss) if grad else loss
+    tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+    return float(jax.jit(fn).lower(state, tokens).cost_analysis()["flops"])
+
+
+def weight_bytes(config: Any) -> tuple[int, int]:
+    """(parameters, bytes) of the course's Gemma 3 in `config.param_dtype`, from shapes alone."""
+    import jax
+    from flax import nnx
+    from tunix.models.gemma3.model import Gemma3
+
+    from course_utils.model import tunix_model_config
+
+    state = nnx.state(nnx.eval_shape(lambda: Gemma3(tunix_model_config(config), rngs=nnx.Rngs(0))), nnx.Param)
+    leaves = jax.tree.leaves(state)
+    return sum(x.size for x in leaves), sum(x.size * x.dtype.itemsize for x in leaves)
+
+
+def step_costs(config: Any) -> dict[str, dict[str, float]]:
+    """FLOPs and HBM bytes of one GRPO step, one SFT step and one evaluation batch of `config`.
+
+    GRPO: rollout (prefill of the prompts, then `max_generation_length` decode steps, each
+    reading every weight once and 2 × parameters FLOPs per sequence), the reference's forward
+    pass (when β > 0) and the policy update (forward + gradient) over all
+    `global_batch_size × G` sequences. SFT: forward + gradient on its batch. Evaluation: prefill
+    and greedy decoding of `eval_batch_size` prompts. FLOPs of forward and gradient are XLA's
+    count (`xla_flops`); LoRA's own FLOPs are negligible and left out.
+    """
+    params, nbytes = weight_bytes(config)
+    prompt, gen = config.max_prompt_length, config.max_generation_length
+    rollouts = config.global_batch_size * config.num_generations
+    full = prompt + gen
+    decode = 2.0 * params * gen
+
+    def generation(batch: int) -> dict[str, float]:
+        return {"flops": xla_flops(config, batch, prompt) + decode * batch, "bytes": float(gen * nbytes)}
+
+    rollout = generation(rollouts)
+    update = xla_flops(config, rollouts, full, grad=True) * config.num_iterations
+    reference = xla_flops(config, rollouts, full) if config.beta > 0 else 0.0
+    return {
+        "grpo_step": {"flops": rollout["flops"] + reference + update, "bytes": rollout["bytes"]},
+        "sft_step": {"flops": xla_flops(config, config.sft_batch_size, config.sft_max_length, grad=True), "bytes": 0.0},
+        "eval_batch": generation(config.eval_batch_size),
+    }
+
+
+def derived_seconds(config: Any, chips: int = TPU_CHIPS, efficiency: float = EFFICIENCY) -> dict[str, float]:
+    """Seconds per GRPO step, SFT step and evaluation batch on a TPU v5e-`chips`, from
+    `step_costs`: FLOPs at peak bf16 throughput plus bytes at HBM bandwidth, summed over the
+    chips and divided by `efficiency` (assumed). A lower bound at efficiency 1."""
+    costs = step_costs(config)
+    return {unit: c["flops"] / (chips * V5E_PEAK_FLOPS * efficiency)
+            + c["bytes"] / (chips * V5E_HBM_BYTES_PER_S * efficiency) for unit, c in costs.items()}
+
+
 def estimate_tpu_hours(config: Any = None, measured: dict[str, float] | None = None,
                        notebooks: int | None = None) -> dict[str, Any]:
     """TPU hours of the full run of `config` (default: the `tpu` profile), by phase.
@@ -986,6 +1075,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop waiting after this long (exit 3; kernels keep running); env COURSE_KAGGLE_MAX_WAIT_MINUTES")
     parser.add_argument("--max-resumes", type=int, default=2)
     parser.add_argument("--grpo-step", type=float, default=None, help="estimate: measured seconds per GRPO step")
+    parser.add_argument("--assumed", action="store_true",
+                        help="estimate: use ASSUMED_SECONDS instead of deriving step times from XLA's FLOP counts")
+    parser.add_argument("--efficiency", type=float, default=EFFICIENCY,
+                        help="estimate: assumed share of the v5e's peak reached (default %(default)s)")
     return parser
 
 
@@ -997,7 +1090,21 @@ def main(argv: Sequence[str] | None = None, kaggle: KaggleBoundary | None = None
          sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "estimate":
-        est = estimate_tpu_hours(measured={"grpo_step": args.grpo_step} if args.grpo_step else None)
+        measured: dict[str, float] = {}
+        if not args.assumed:
+            from course_utils.config import TrainingConfig
+
+            say(f"deriving step times from XLA's FLOP counts of the {PROFILE} profile (about a minute on a CPU)...")
+            derived = derived_seconds(TrainingConfig.for_profile(PROFILE), efficiency=args.efficiency)
+            measured = {unit: round(seconds, 3) for unit, seconds in derived.items()}
+        if args.grpo_step:
+            measured["grpo_step"] = args.grpo_step
+        est = estimate_tpu_hours(measured=measured or None)
+        if not args.assumed:
+            est["assumed"] = sorted({*est["assumed"], "efficiency"})
+            est["derived"] = (f"FLOPs and weight bytes per step (kaggle_job.step_costs) at a v5e's peak "
+                              f"{V5E_PEAK_FLOPS / 1e12:.0f} TFLOP/s and {V5E_HBM_BYTES_PER_S / 1e9:.0f} GB/s per chip, "
+                              f"{TPU_CHIPS} chips, at an assumed efficiency of {args.efficiency}")
         say(json.dumps(est, indent=2))
         return EXIT_OK
     opts = Options(out=args.out, poll_seconds=args.poll_seconds, timeout_minutes=args.timeout_minutes,

@@ -8,6 +8,7 @@ does on import and what `kernels_push` would send.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -651,9 +652,31 @@ def test_estimate_follows_the_config(capsys):
     assert long["training_sessions"] > base["training_sessions"] >= 1
     with pytest.raises(ValueError, match="unknown"):
         kaggle_job.estimate_tpu_hours(tpu, measured={"grpo": 1.0})
-    assert kaggle_job.main(["estimate", "--grpo-step", "20"]) == 0
+    assert kaggle_job.main(["estimate", "--assumed", "--grpo-step", "20"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["seconds_per_unit"]["grpo_step"] == 20.0
+
+
+def test_step_times_are_derived_from_xlas_flop_counts():
+    """On the smoke model (the 1B takes a minute): gradient ≈ 3 forward passes, FLOPs grow with
+    the batch, the reference's pass counts only with β > 0, and the seconds follow the figures."""
+    smoke = TrainingConfig.for_profile("smoke")
+    forward = kaggle_job.xla_flops(smoke, 2, 32)
+    assert 2.5 * forward < kaggle_job.xla_flops(smoke, 2, 32, grad=True) < 4 * forward
+    assert kaggle_job.xla_flops(smoke, 4, 32) == pytest.approx(2 * forward, rel=0.01)
+    params, nbytes = kaggle_job.weight_bytes(smoke)
+    assert nbytes == 4 * params  # float32
+    costs = kaggle_job.step_costs(smoke)
+    assert costs["grpo_step"]["bytes"] == smoke.max_generation_length * nbytes
+    without_reference = kaggle_job.step_costs(dataclasses.replace(smoke, beta=0.0))
+    assert without_reference["grpo_step"]["flops"] < costs["grpo_step"]["flops"]
+    assert without_reference["sft_step"] == costs["sft_step"]
+    seconds = kaggle_job.derived_seconds(smoke, chips=1, efficiency=1.0)
+    grpo = costs["grpo_step"]
+    assert seconds["grpo_step"] == pytest.approx(grpo["flops"] / kaggle_job.V5E_PEAK_FLOPS
+                                                 + grpo["bytes"] / kaggle_job.V5E_HBM_BYTES_PER_S, rel=1e-9)
+    slower = kaggle_job.derived_seconds(smoke, chips=1, efficiency=0.5)
+    assert slower["sft_step"] == pytest.approx(2 * seconds["sft_step"], rel=1e-9) and seconds["sft_step"] > 0
 
 
 def test_badge_links(monkeypatch):
