@@ -153,6 +153,13 @@ for name, value in config.to_dict().items():
 # | ε | `epsilon` | clip range of the ratio | 0.2 |
 # | η | `learning_rate` | AdamW step size (warm-up then cosine decay) | 3e-6 |
 # | r, α | `lora_rank`, `lora_alpha` | LoRA rank and scale α/r | 8, 16 |
+# | A | `advantage_estimator` | "grpo" (r − mean)/std, "drgrpo" r − mean, "rloo" | grpo |
+# | | `loss_agg_mode` | how token losses are averaged (Tunix's modes) | sequence-mean-token-mean |
+#
+# The warm-up starts above 0: optax reads the schedule at the count of updates already done, so
+# the course shifts it by one and update k runs at η·k / warm-up steps (`update_learning_rate`).
+# Tunix's default `loss_agg_mode` averages each reply's tokens first, so a long wrong reply is
+# punished less per token; the cpu profile uses "token-mean" with "drgrpo" (part 06).
 #
 # The reward weights (format 0.25, coherence 0.20, correctness 0.55, efficiency 0) must sum to 1;
 # part 03 explains each component.

@@ -140,7 +140,7 @@ print(markdown_table([base, sft_eval], ["format", "strict"]))
 #
 # Each step takes a batch of questions, samples G answers to each with a new seed, scores
 # them with the composite reward, and moves the policy towards the answers that beat their
-# group (part 02). Three choices of this course:
+# group (part 02). The choices of this course:
 #
 # - **Reference model.** The KL term anchors the policy to π_ref. With `grpo_reference="sft"`
 #   (default) π_ref is a frozen copy of the SFT policy GRPO starts from, as in DeepSeek-R1;
@@ -149,7 +149,14 @@ print(markdown_table([base, sft_eval], ["format", "strict"]))
 # - **Curriculum.** Easy problems first, then medium, then hard: `curriculum_easy_share` and
 #   `curriculum_medium_share` of the steps (thirds on the full run), the rest hard.
 # - **Annealed weights.** Early on, format and coherence weigh more; later, correctness does
-#   (w_trace 0.45 → 0.25, w_correct 0.40 → 0.60).
+#   (w_trace 0.45 → 0.25, w_correct 0.40 → 0.60); the last step pays exactly the end weights.
+# - **Loss and advantage.** `loss_agg_mode` and `advantage_estimator` go to Tunix's
+#   `GRPOConfig`. The cpu profile uses "token-mean" (every token weighs alike, so long wrong
+#   replies are not spared) and "drgrpo" (A = r − mean, no std scaling of small differences);
+#   chosen from the literature, not yet measured on it.
+# - **Learning to stop.** Tunix's rollout ends each completion before `<end_of_turn>`, so the
+#   decision to stop never gets credit. With `learn_to_stop` the course puts the token back on
+#   every reply that stopped by itself, and stopping is trained like any other token.
 #
 # The progress bar shows the time left, the actor's loss and KL, and the reward and accuracy
 # of the step's own rollouts (`rollout_train_reward`, `rollout_train_accuracy`).

@@ -83,7 +83,8 @@ if not any(checkpoints.values()):
 # asks whether the number *inside* `<answer>` is right — what a program reading the answer would
 # get. **Lenient** accuracy takes the *last number anywhere* in the reply, as a person skimming it
 # would. **Format** asks whether the reply is exactly the two blocks. **Partial** accepts a tagged
-# answer within 10 % of the truth. The composite reward of part 03 is reported too.
+# answer within 10 % of the truth. The composite reward of part 03 is reported too, exactly as
+# GRPO pays it: with the question (made-up arithmetic earns nothing) and the last step's weights.
 
 # %%
 good = "<reasoning>She sold 48 / 2 = 24 clips in May.\n48 + 24 = 72 in total.</reasoning>\n<answer>72</answer>"
