@@ -124,6 +124,25 @@ def test_completions_keep_the_stop_token_only_when_the_reply_stopped():
     assert all(t.dtype == np.int32 for t in out)
 
 
+def test_the_rollout_hands_the_learner_completions_with_their_stop_token():
+    """`learn_to_stop` wraps the cluster's generate: what GRPOLearner builds its completion ids
+    and masks from then holds the stop token of every reply that ended by itself."""
+    from tunix.rl.rollout.base_rollout import RolloutOutput
+
+    config = dataclasses.replace(SMOKE, max_generation_length=3)
+
+    class Cluster:
+        def generate(self, prompts, **kwargs):
+            tokens = [np.array([7], np.int32), np.array([7, 8, 9], np.int32)]
+            return RolloutOutput(text=["a", "a b c"], logits=[], tokens=tokens,
+                                 left_padded_prompt_tokens=np.zeros((2, 4), np.int32), logprobs=None)
+
+    cluster = Cluster()
+    training._learn_to_stop(cluster, config, 106)
+    out = cluster.generate(["p", "p"])
+    assert [t.tolist() for t in out.tokens] == [[7, 106], [7, 8, 9]] and out.text == ["a", "a b c"]
+
+
 def test_end_of_turn_is_one_token_of_the_course_tokenizer(tiny_loaded):
     assert training.end_of_turn_id(tiny_loaded.tokenizer) == 106
 
@@ -276,6 +295,13 @@ def test_training_killed_mid_grpo_resumes_without_repeating_or_skipping(tmp_path
     assert [int(r["batch_index"]) for r in rows] == list(range(STEPS))  # the same data position
     assert [r["phase"] for r in rows] == ["easy"] * 2 + ["medium"] * 2 + ["hard"] * 2
     assert [r["step"] for r in _rows(run, "sft")] == list(range(1, SMOKE.sft_steps + 1))
+    # no update runs at learning rate 0, and each logged rate is the one optax applied to it
+    for stage, peak, total, warmup in (("sft", SMOKE.sft_learning_rate, SMOKE.sft_steps, max(1, SMOKE.sft_steps // 10)),
+                                       ("grpo", SMOKE.learning_rate, STEPS, round(SMOKE.warmup_ratio * STEPS))):
+        schedule = training.learning_rate_schedule(peak, total, warmup)
+        logged = [r["learning_rate"] for r in _rows(run, stage)]
+        assert min(logged) > 0 and logged == pytest.approx(
+            [training.update_learning_rate(schedule, k) for k in range(1, total + 1)])
     final = training.latest_stage_checkpoint(run, "grpo")
     assert final.step == STEPS and final.stage == "grpo" and final.sidecar["global_step"] == STEPS
     assert final.fingerprint and final.sidecar["metrics_rows"] >= killed_at
