@@ -147,3 +147,16 @@ def test_memory_table_counts_only_the_kept_rows():
     assert full["logits of one micro-batch"] / trimmed["logits of one micro-batch"] == 262_144 / vocab.KEPT_SIZE
     saved = (262_144 - vocab.KEPT_SIZE) * 640 * 4 / 1024**3  # float32 rows of width 640
     assert full["base weights"] - trimmed["base weights"] == pytest.approx(saved)
+
+
+@pytest.mark.slow
+def test_regenerating_the_list_gives_the_committed_one(cpu_loaded):
+    from course_utils.data import SourceUnavailable, local_gsm8k_dir
+
+    try:
+        local_gsm8k_dir()
+    except SourceUnavailable:
+        pytest.skip("the committed list includes GSM8K's ids and there is no local GSM8K copy here")
+    texts, where = vocab.course_texts()
+    assert "GSM8K" in where
+    assert vocab.kept_ids(cpu_loaded.tokenizer, texts) == [i for i, _ in vocab.read_kept_vocabulary()]
