@@ -4,8 +4,9 @@
     python -m course_utils.run_course --profile smoke  # seconds, tiny random model
     python -m course_utils.run_course --parts 01,02    # only some parts
 
-Executed copies (with outputs) go to `<run dir>/executed/`, timings to
-`<run dir>/run_course.json`; the run stops at the first failing part and names it.
+Executed copies (with outputs) go to `<run dir>/executed/`, timings and each part's peak resident
+memory (the kernel's high-water mark, read from /proc on Linux) to `<run dir>/run_course.json`; the run
+stops at the first failing part and names it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import nbformat
+import psutil  # an ipykernel dependency
 
 from course_utils.config import PROFILES
 from course_utils.notebooks import NOTEBOOK_DIR, notebook_pairs
@@ -35,6 +38,53 @@ def select_parts(parts: str | None, directory: Path = NOTEBOOK_DIR) -> list[Path
         have = ", ".join(nb.name[:2] for nb in notebooks)
         raise SystemExit(f"no notebook for part(s) {', '.join(unknown)}; the parts are {have}")
     return chosen
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """A process's peak resident memory: VmHWM from /proc (Linux), else its current RSS; 0 if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+class PeakMemory:
+    """The largest peak resident memory of any process started below this one (the notebook
+    kernel), polled every `interval` seconds while the `with` block runs; `.gib` afterwards."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while True:
+            try:
+                children = psutil.Process().children(recursive=True)
+            except psutil.Error:
+                children = []
+            for child in children:
+                self.peak = max(self.peak, peak_rss_bytes(child.pid))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def gib(self) -> float:
+        return self.peak / 2**30
 
 
 def execute(notebook: Path, out_dir: Path, timeout: int) -> float:
@@ -68,18 +118,22 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = select_parts(args.parts)
     print(f"profile {args.profile}: running {len(notebooks)} part(s); outputs in {out}", flush=True)
     timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     summary = out / "run_course.json"
     for notebook in notebooks:
         print(f"▶ {notebook.stem} ...", flush=True)
         try:
-            seconds = execute(notebook, out / "executed", args.timeout)
+            with PeakMemory() as memory:
+                seconds = execute(notebook, out / "executed", args.timeout)
         except Exception as err:  # nbclient's CellExecutionError carries the cell and traceback
             print(f"✗ {notebook.stem} failed; executed copy with the error: {out / 'executed' / notebook.name}")
             print(str(err)[-3000:], file=sys.stderr)
             return 1
         timings[notebook.stem] = round(seconds, 1)
-        print(f"✓ {notebook.stem} in {seconds:.0f} s", flush=True)
-        record = {"profile": args.profile, "seconds": timings, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        peaks[notebook.stem] = round(memory.gib, 2)
+        print(f"✓ {notebook.stem} in {seconds:.0f} s, kernel peak {memory.gib:.2f} GiB resident", flush=True)
+        record = {"profile": args.profile, "seconds": timings, "peak_rss_gib": peaks,
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         summary.write_text(json.dumps(record, indent=2) + "\n")
     print(f"all {len(notebooks)} part(s) ran in {sum(timings.values()):.0f} s; timings in {summary}")
     return 0
