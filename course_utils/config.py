@@ -91,6 +91,8 @@ class TrainingConfig:
     curriculum_medium_share: float = 1 / 3
 
     # --- batches: global prompts per step, split into mini (one update) and micro (accumulation)
+    # Rollouts and log-probs run a whole mini-batch at once; only the update's backward pass runs
+    # micro-batch by micro-batch (its activations are what bound memory).
     global_batch_size: int = 4
     mini_batch_size: int = 4
     micro_batch_size: int = 4
@@ -292,7 +294,7 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
         curriculum_medium_share=0.25,
         global_batch_size=2,
         mini_batch_size=2,
-        micro_batch_size=2,
+        micro_batch_size=1,  # the update in two halves of G sequences: half the activations (16 GB laptop)
         beta=0.2,  # β: a firmer anchor to the SFT policy (measured: keeps format ≥ 90 %)
         # Dr. GRPO advantages and DAPO token-mean loss: chosen from the literature for the length
         # bias (issue 11), not yet measured on this profile: the proof run measures them.

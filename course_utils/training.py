@@ -834,6 +834,8 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
                                        warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm),
         eval_every_n_steps=10**9, max_steps=config.max_steps,
         mini_batch_size=config.mini_batch_size, train_micro_batch_size=config.micro_batch_size,
+        # sample and score a whole mini-batch at once; accumulate gradients micro-batch by micro-batch
+        rollout_micro_batch_size=config.mini_batch_size, compute_logps_micro_batch_size=config.mini_batch_size,
         checkpoint_root_directory=str(directory.parent), checkpointing_options=_checkpoint_options(config),
         metrics_logging_options=_logging_options(run_dir / "tensorboard" / "grpo", backend),
         pbar_description="GRPO",
