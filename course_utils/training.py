@@ -890,13 +890,28 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
 # --- the whole of part 06 from the command line -------------------------------------------------
 
 
+def run_config(run_dir: str | Path | None, profile: str | None) -> Any:
+    """The configuration `main` trains with: `<run_dir>/config.json` when it exists, else the
+    profile's (part 02's saved one, or fresh)."""
+    from course_utils.config import CONFIG_FILE, load_run_config
+
+    saved = Path(run_dir) / CONFIG_FILE if run_dir else None
+    if saved is None or not saved.exists():
+        return load_run_config(profile)
+    config = TrainingConfig.load(saved)
+    if profile and config.profile != profile:
+        raise SystemExit(f"{saved} holds profile {config.profile!r}, not {profile!r}; "
+                         "drop --profile or pick another --run-dir")
+    print(f"config: profile {config.profile!r}, loaded {saved}")
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m course_utils.training [--profile P] [--run-dir D]`: both stages, resumable."""
     import argparse
 
     import jax
 
-    from course_utils.config import CONFIG_FILE, TrainingConfig, load_run_config
     from course_utils.data import load_splits
     from course_utils.env import check_devices, run_dir as default_run_dir
     from course_utils.lora import apply_lora
@@ -907,15 +922,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default=None, help="default: the profile's run directory")
     parser.add_argument("--allow-config-change", action="store_true")
     args = parser.parse_args(argv)
-    saved = Path(args.run_dir) / CONFIG_FILE if args.run_dir else None
-    if saved is not None and saved.exists():  # a run folder's own configuration wins
-        config = TrainingConfig.load(saved)
-        if args.profile and config.profile != args.profile:
-            raise SystemExit(f"{saved} holds profile {config.profile!r}, not {args.profile!r}; "
-                             "drop --profile or pick another --run-dir")
-        print(f"config: profile {config.profile!r}, loaded {saved}")
-    else:
-        config = load_run_config(args.profile)
+    config = run_config(args.run_dir, args.profile)
     run = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(config.profile)  # Orbax needs absolute paths
     mesh = model_mesh(config)
     jax.set_mesh(mesh)

@@ -383,3 +383,16 @@ def test_evaluation_minutes_are_scaled_from_this_runs_saved_evaluation(tmp_path)
     sft = evaluate_responses("sft", problems, ["no"] * 4, settings={"seconds_greedy": 20.0, "seconds_sampled": 4.0})
     save_results([base, sft], tmp_path)  # the SFT model's evaluation is the closer guide to the final one
     assert training.evaluation_minutes(config, tmp_path, 8) == pytest.approx(training.EVAL_MARGIN * 24.0 * 8 / 4 / 60)
+
+
+def test_run_config_reads_the_run_folders_own_config(tmp_path, monkeypatch):
+    from course_utils.config import TrainingConfig
+    from course_utils.training import run_config
+
+    monkeypatch.setenv("COURSE_RUN_DIR", str(tmp_path / "default"))
+    TrainingConfig.for_profile("smoke", sft_steps=7).save(tmp_path / "config.json")
+    assert run_config(tmp_path, "smoke").sft_steps == 7
+    assert run_config(tmp_path, None).sft_steps == 7
+    assert run_config(tmp_path / "empty", "smoke").sft_steps == TrainingConfig.for_profile("smoke").sft_steps
+    with pytest.raises(SystemExit, match="holds profile 'smoke', not 'cpu'"):
+        run_config(tmp_path, "cpu")
