@@ -916,11 +916,10 @@ def xla_flops(config: Any, batch: int, length: int, grad: bool = False) -> float
     import jax
     import jax.numpy as jnp
     from flax import nnx
-    from tunix.models.gemma3.model import Gemma3
 
-    from course_utils.model import tunix_model_config
+    from course_utils.model import abstract_model, tunix_model_config
 
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Gemma3(tunix_model_config(config), rngs=nnx.Rngs(0))))
+    graphdef, state = nnx.split(abstract_model(tunix_model_config(config)))
 
     def loss(state: Any, tokens: Any) -> Any:
         model = nnx.merge(graphdef, state)
@@ -938,11 +937,10 @@ def weight_bytes(config: Any) -> tuple[int, int]:
     """(parameters, bytes) of the course's Gemma 3 in `config.param_dtype`, from shapes alone."""
     import jax
     from flax import nnx
-    from tunix.models.gemma3.model import Gemma3
 
-    from course_utils.model import tunix_model_config
+    from course_utils.model import abstract_model, tunix_model_config
 
-    state = nnx.state(nnx.eval_shape(lambda: Gemma3(tunix_model_config(config), rngs=nnx.Rngs(0))), nnx.Param)
+    state = nnx.state(abstract_model(tunix_model_config(config)), nnx.Param)
     leaves = jax.tree.leaves(state)
     return sum(x.size for x in leaves), sum(x.size * x.dtype.itemsize for x in leaves)
 

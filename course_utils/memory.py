@@ -66,10 +66,10 @@ _WEIGHT_COUNTS: dict[tuple, tuple[int, int]] = {}
 def _weight_counts(model_config: Any, mesh_shape: tuple[int, int]) -> tuple[int, int]:
     import jax
     from flax import nnx
-    from tunix.models.gemma3.model import Gemma3
 
-    abstract = nnx.eval_shape(lambda: Gemma3(model_config, rngs=nnx.Rngs(0)))
-    state = nnx.state(abstract, nnx.Param)
+    from course_utils.model import abstract_model
+
+    state = nnx.state(abstract_model(model_config), nnx.Param)
     specs = nnx.get_partition_spec(state)
     mesh_axes = {"fsdp": mesh_shape[0], "tp": mesh_shape[1]}
     total = per_device = 0

@@ -476,7 +476,7 @@ def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequ
     `deadline` is the session's time budget, shared with GRPO (default: a new one from the
     config). Re-running it continues from the newest SFT checkpoint.
     """
-    from tunix.sft import peft_trainer, utils as sft_utils
+    from tunix.sft import peft_trainer
 
     from course_utils.metrics import MetricsLogger
 
@@ -498,17 +498,8 @@ def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequ
         metrics_logging_options=_logging_options(run_dir / "tensorboard" / "sft", backend),
         pbar_description="SFT",
     )
-    optimizer = make_optimizer(config, peak=config.sft_learning_rate, total_steps=config.sft_steps,
-                               warmup_steps=max(1, config.sft_steps // 10), max_grad_norm=1.0)
-    pad = _tokenizer_adapter(tokenizer).pad_id()
-
-    def model_inputs(batch: Any) -> dict[str, Any]:
-        not_pad = batch.input_tokens != pad
-        return {"input_tokens": batch.input_tokens, "input_mask": batch.input_mask,
-                "positions": sft_utils.build_positions_from_mask(not_pad),
-                "attention_mask": sft_utils.make_causal_attn_mask(not_pad)}
-
-    trainer = peft_trainer.PeftTrainer(model, optimizer, training_config).with_gen_model_input_fn(model_inputs)
+    trainer = peft_trainer.PeftTrainer(model, sft_optimizer(config), training_config).with_gen_model_input_fn(
+        sft_model_inputs(_tokenizer_adapter(tokenizer).pad_id()))
     _install_sidecar(trainer, "sft", config, logger, lambda step: "sft")
     start = trainer.train_steps
     logger.resume(start)
@@ -520,6 +511,46 @@ def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequ
         trainer.close()
     return StageResult("sft", start, trainer.train_steps, config.sft_steps, time.perf_counter() - started,
                        deadline.expired(), directory, logger.path)
+
+
+def sft_optimizer(config: TrainingConfig) -> Any:
+    """SFT's optimiser (part 06, stage 1): AdamW at `sft_learning_rate`, 10 % warm-up, clipping at 1."""
+    return make_optimizer(config, peak=config.sft_learning_rate, total_steps=config.sft_steps,
+                          warmup_steps=max(1, config.sft_steps // 10), max_grad_norm=1.0)
+
+
+def sft_model_inputs(pad: int) -> Callable[[Any], dict[str, Any]]:
+    """PeftTrainer's `gen_model_input_fn` for SFT: positions and a causal mask that skip padding
+    (the loss mask `input_mask` stays the answer-only mask)."""
+    from tunix.sft import utils as sft_utils
+
+    def model_inputs(batch: Any) -> dict[str, Any]:
+        not_pad = batch.input_tokens != pad
+        return {"input_tokens": batch.input_tokens, "input_mask": batch.input_mask,
+                "positions": sft_utils.build_positions_from_mask(not_pad),
+                "attention_mask": sft_utils.make_causal_attn_mask(not_pad)}
+
+    return model_inputs
+
+
+def grpo_optimizer(config: TrainingConfig) -> Any:
+    """GRPO's optimiser (part 06, stage 2): AdamW at `grpo_learning_rate(config)` with the config's
+    warm-up, cosine decay and `max_grad_norm` clipping."""
+    return make_optimizer(config, peak=grpo_learning_rate(config), total_steps=config.max_steps,
+                          warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm)
+
+
+def grpo_algo_config(config: TrainingConfig) -> Any:
+    """Tunix's GRPOConfig for `config` (loss function, G, μ, β, ε, KL mode, aggregation, advantages);
+    its temperature is the rollout's, as GRPOLearner sets it."""
+    from course_utils.policy_loss import grpo_config
+
+    algo = grpo_config(config.grpo_loss_fn, num_generations=config.num_generations,
+                       num_iterations=config.num_iterations, beta=config.beta, epsilon=config.epsilon,
+                       kl_loss_mode=config.kl_loss_mode, loss_agg_mode=config.loss_agg_mode,
+                       advantage_estimator=config.advantage_estimator)
+    algo.temperature = config.temperature
+    return algo
 
 
 def _until(batches: Iterator[Any], deadline: Deadline, skip: int) -> Iterator[Any]:
@@ -803,7 +834,6 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
     from tunix.rl.rollout import base_rollout
 
     from course_utils.metrics import MetricsLogger
-    from course_utils.policy_loss import grpo_config
     from course_utils.rewards import make_reward_fns
 
     run_dir = Path(run_dir)
@@ -830,8 +860,7 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
         top_k=config.top_k, eos_tokens=EOS_TOKENS,
     )
     training_config = rl_cluster_lib.RLTrainingConfig(
-        actor_optimizer=make_optimizer(config, peak=peak, total_steps=config.max_steps,
-                                       warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm),
+        actor_optimizer=grpo_optimizer(config),
         eval_every_n_steps=10**9, max_steps=config.max_steps,
         mini_batch_size=config.mini_batch_size, train_micro_batch_size=config.micro_batch_size,
         # sample and score a whole mini-batch at once; accumulate gradients micro-batch by micro-batch
@@ -859,10 +888,7 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
         reward_fns = shuffle_within_groups(reward_fns, config.num_generations, config.seed)
     learner = GRPOLearner(
         rl_cluster=cluster,
-        algo_config=grpo_config(config.grpo_loss_fn, num_generations=config.num_generations,
-                                num_iterations=config.num_iterations, beta=config.beta, epsilon=config.epsilon,
-                                kl_loss_mode=config.kl_loss_mode, loss_agg_mode=config.loss_agg_mode,
-                                advantage_estimator=config.advantage_estimator),
+        algo_config=grpo_algo_config(config),
         reward_fns=reward_fns,
         metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns,
                                       show=lambda values: show_on_progress_bar(cluster.actor_trainer, values))],
