@@ -709,7 +709,10 @@ def training_progress(output_dir: Path, profile: str = PROFILE) -> dict[str, tup
 
 
 def needs_resume(output_dir: Path, profile: str = PROFILE) -> str | None:
-    """Why training must continue in another session (a stage stopped short), else None."""
+    """Why training must continue in another session, else None: a stage stopped short, or
+    SFT finished and GRPO never started (the session's time budget ran out between them, so
+    there is no GRPO checkpoint yet). An output with no checkpoint at all (parts 01-05) needs
+    nothing."""
     progress = training_progress(output_dir, profile)
     grpo = progress.get("grpo")
     if grpo and grpo[0] < grpo[1]:
@@ -717,6 +720,8 @@ def needs_resume(output_dir: Path, profile: str = PROFILE) -> str | None:
     sft = progress.get("sft")
     if not grpo and sft and sft[0] < sft[1]:
         return f"SFT stopped at step {sft[0]} of {sft[1]}"
+    if not grpo and sft:
+        return f"SFT finished (step {sft[0]} of {sft[1]}) but GRPO never started"
     return None
 
 

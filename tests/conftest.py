@@ -34,6 +34,24 @@ def short_cpu_config():
     return TrainingConfig.for_profile("cpu", max_prompt_length=32, max_generation_length=8, cache_size=40)
 
 
+def _part06_session(run, config) -> str:
+    """Part 06 as one Kaggle session: `config` saved as the run folder's config.json, then
+    `python -m course_utils.training` in a fresh process (the course's own training code)."""
+    import os
+    import subprocess
+    import sys
+
+    from course_utils.config import CONFIG_FILE
+
+    run.mkdir(parents=True, exist_ok=True)
+    config.save(run / CONFIG_FILE)
+    env = {**os.environ, "COURSE_RUN_DIR": str(run), "JAX_PLATFORMS": "cpu", "COURSE_PROFILE": config.profile}
+    out = subprocess.run([sys.executable, "-m", "course_utils.training"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
 @pytest.fixture(scope="session")
 def part06_sessions(tmp_path_factory):
     """Part 06 run as two Kaggle sessions by the course's own training code (smoke profile).
@@ -45,12 +63,9 @@ def part06_sessions(tmp_path_factory):
     finishes both stages. Returns the two output folders and their logs.
     """
     import dataclasses
-    import os
-    import subprocess
-    import sys
     import types
 
-    from course_utils.config import CONFIG_FILE, TrainingConfig
+    from course_utils.config import TrainingConfig
     from course_utils.env import restore_previous_run
 
     smoke = TrainingConfig.for_profile("smoke")
@@ -59,17 +74,24 @@ def part06_sessions(tmp_path_factory):
     first = inputs / "gemma3-grpo-course-06-training"
     second = base / "working"  # plays /kaggle/working of the next session
 
-    def session(run: "os.PathLike", budget: float | None) -> str:
-        dataclasses.replace(smoke, time_budget_minutes=budget).save(run / CONFIG_FILE)
-        env = {**os.environ, "COURSE_RUN_DIR": str(run), "JAX_PLATFORMS": "cpu", "COURSE_PROFILE": "smoke"}
-        out = subprocess.run([sys.executable, "-m", "course_utils.training"], env=env,
-                             capture_output=True, text=True, timeout=900)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        return out.stdout
-
-    (first / "runs" / "smoke").mkdir(parents=True)
-    log1 = session(first / "runs" / "smoke", 0.0001)
+    log1 = _part06_session(first / "runs" / "smoke", dataclasses.replace(smoke, time_budget_minutes=0.0001))
     restored = restore_previous_run("smoke", second / "runs" / "smoke", inputs=inputs)
     assert restored == first / "runs" / "smoke"
-    log2 = session(second / "runs" / "smoke", None)
+    log2 = _part06_session(second / "runs" / "smoke", dataclasses.replace(smoke, time_budget_minutes=None))
     return types.SimpleNamespace(first=first, second=second, log1=log1, log2=log2, config=smoke)
+
+
+@pytest.fixture(scope="session")
+def part06_sft_only(tmp_path_factory):
+    """A part 06 Kaggle session whose time budget ran out between SFT and GRPO, run by the
+    course's own training code (smoke profile, one SFT step): every session trains at least one
+    batch, so SFT finishes (step 1 of 1), and GRPO finds the budget spent and never starts.
+    Returns the output folder (`<output>/runs/smoke`) and the log."""
+    import types
+
+    from course_utils.config import TrainingConfig
+
+    config = TrainingConfig.for_profile("smoke", sft_steps=1, time_budget_minutes=0.0001)
+    output = tmp_path_factory.mktemp("part06_sft_only")
+    log = _part06_session(output / "runs" / "smoke", config)
+    return types.SimpleNamespace(output=output, log=log, config=config)

@@ -401,6 +401,26 @@ def test_training_stopped_by_the_time_budget_is_resumed_from_its_own_output(part
     assert "after 1 resume(s)" in capsys.readouterr().err
 
 
+def test_sft_finished_but_grpo_never_started_is_not_a_finished_run(part06_sft_only, part06_sessions, nb_dir,
+                                                                    tmp_path, capsys):
+    """A session whose budget ran out between SFT and GRPO (made by the course's training code)
+    has a finished SFT checkpoint and no GRPO one: the job pushes part 06 again to run GRPO."""
+    assert "the time budget ran out before GRPO started" in part06_sft_only.log
+    _session_output(part06_sft_only.output, tmp_path / "a")
+    assert kaggle_job.training_progress(tmp_path / "a") == {"sft": (1, 1)}
+    assert kaggle_job.needs_resume(tmp_path / "a") == "SFT finished (step 1 of 1) but GRPO never started"
+
+    def output(name, attempt, dest):
+        if name == "06_training":
+            _session_output(part06_sessions.second if attempt == 1 else part06_sft_only.output, dest)
+
+    fake = FakeKaggle(on_download=output)
+    assert _run(nb_dir, tmp_path / "out", fake, "--notebooks", "06,07") == 0
+    assert [e[1] for e in fake.events if e[0] == "push"] == ["06_training", "06_training", "07_evaluation"]
+    assert fake.pushed[1]["kernel_sources"] == [fake.pushed[0]["id"]]
+    assert "GRPO never started; pushing it again from its own output" in capsys.readouterr().out
+
+
 def test_status_command_exit_codes(nb_dir, tmp_path, capsys):
     def status(before):
         return kaggle_job.main(["status", "--out", str(tmp_path), "--notebook-dir", str(nb_dir),
