@@ -5,13 +5,16 @@
 * base weights — exact, from the shapes of the Tunix model and its sharding rules on the mesh;
 * LoRA weights, their gradients and AdamW's two moments (same dtype as the weights);
 * the KV cache for the rollouts: `global_batch_size × G` sequences of `cache_size` tokens;
-* the reference model — shared with the LoRA model's frozen base, so no extra copy (none at β = 0);
-* the logits of one micro-batch forward pass (policy or reference), the largest activation:
-  `micro_batch_size × G × (prompt + generation) × vocabulary` float32 numbers (the kept
-  vocabulary with `vocab_trim`).
+* the reference model — a second copy of the base weights when β > 0 (Tunix warns that it does
+  not share the actor's backbone), none at β = 0;
+* the temporaries of the policy update of one micro batch (`micro_batch_size × G` sequences):
+  logits over the vocabulary (the kept vocabulary with `vocab_trim`), activations, gradients
+  and gathered weights, from a formula fitted to XLA's compiled memory analysis of Tunix's real
+  train step (`python -m course_utils.rehearse` measures it at full size).
 
-These are lower bounds: compiled programs, temporaries and the runtime itself come on top
-(on a 2-core CPU the measured peak of GRPO on the 270M is several GB above this table).
+The rollouts' KV cache and the update's temporaries are not live at once, so the total
+over-counts a little; the runtime itself comes on top. The fit is CPU XLA's buffer assignment on
+simulated devices, not a TPU's.
 """
 
 from __future__ import annotations
@@ -79,6 +82,63 @@ def _weight_counts(model_config: Any, mesh_shape: tuple[int, int]) -> tuple[int,
     return total, per_device
 
 
+# The update's temporaries per device, fitted (least squares on relative error, non-negative) to
+# XLA's compiled memory analysis of Tunix's real train step (course_utils.rehearse:
+# PeftTrainer._train_step under nnx.jit with the course's LoRA, loss and optimiser): 21 variants
+# of the tiny model (vocabulary 8k/32k, 2/6 layers, widths 64/256, 4/8 heads, 192/384 tokens,
+# 4-16 sequences, meshes (1, 1) and, on 8 simulated CPU devices, (2, 4), (4, 2), (8, 1), both GRPO
+# losses) and Gemma 3 1B on (2, 4) at 16 and 8 sequences of 256 + 512 tokens (15.25 and 8.10 GiB;
+# 7.10 GiB with grpo_completion_head). Within ±11 % of each on the meshes the course uses, (1, 1)
+# and (2, 4); 20-35 % low on (4, 2) and (8, 1). tests/test_memory.py checks it on a shape it never
+# saw. Bytes per unit of each `update_terms` term; CPU XLA's buffer assignment, not a TPU's.
+UPDATE_FIT = {"logits": 3.42, "gathered logits": 0.82, "layers": 3.79, "attention": 1.94, "weights": 10.83}
+
+
+def sequences_per_device(sequences: int, fsdp: int) -> int:
+    """Rows of a batch each device holds: Tunix shards the batch on `fsdp` when it divides
+    (`sharding_utils.shard_input`), else every device holds all of it."""
+    return sequences // fsdp if sequences % fsdp == 0 else sequences
+
+
+def update_terms(config: Any, model_config: Any, mesh_shape: tuple[int, int]) -> dict[str, float]:
+    """The sizes (bytes per device) the update's temporaries grow with, for one GRPO micro batch
+    of `micro_batch_size × G` sequences of prompt + completion tokens:
+
+    * logits: the device's sequences × positions × vocabulary / tp × 4 B (positions: all tokens
+      with Tunix's `grpo` loss, the completion + 1 with `grpo_completion_head`);
+    * gathered logits: the same for all the micro batch's sequences when fsdp > 1: the output
+      layer's width is sharded on `fsdp`, so XLA gathers the batch there (measured: on (8, 1)
+      the update needs more than on (1, 1));
+    * layers: sequences × tokens × layers × (width + MLP width / tp) × weight bytes (activations
+      kept for the backward pass);
+    * attention: sequences × tokens² × layers × query heads / tp × 4 B (the score matrices);
+    * weights: what each device gathers of the base weights over `fsdp` (all of them / tp, less
+      its own shard; none when fsdp = 1).
+    """
+    fsdp, tp = mesh_shape
+    mc = model_config
+    w = _bytes_per(mc.param_dtype)
+    sequences = config.micro_batch_size * config.num_generations
+    seq = sequences_per_device(sequences, fsdp)
+    tokens = config.max_prompt_length + config.max_generation_length
+    positions = config.max_generation_length + 1 if config.grpo_loss_fn == "grpo_completion_head" else tokens
+    weights, weights_dev = weight_counts(mc, mesh_shape)
+    return {
+        "logits": seq * positions * math.ceil(mc.num_embed / tp) * 4.0,
+        "gathered logits": sequences * positions * math.ceil(mc.num_embed / tp) * 4.0 if fsdp > 1 else 0.0,
+        "layers": seq * tokens * mc.num_layers * (mc.embed_dim + math.ceil(mc.hidden_dim / tp)) * w,
+        "attention": seq * tokens * tokens * mc.num_layers * math.ceil(mc.num_heads / tp) * 4.0,
+        "weights": max(0.0, weights * w / tp - weights_dev * w),
+    }
+
+
+def update_temporaries(config: Any, model_config: Any, mesh_shape: tuple[int, int]) -> float:
+    """Bytes per device of the GRPO update's temporaries (activations, logits, their gradients,
+    gathered weights): `update_terms` weighted by `UPDATE_FIT`."""
+    terms = update_terms(config, model_config, mesh_shape)
+    return sum(UPDATE_FIT[k] * v for k, v in terms.items())
+
+
 def memory_table(config: Any, mesh_shape: tuple[int, int] = (1, 1)) -> list[dict[str, Any]]:
     """Rows {component, detail, total_gib, per_device_gib} for `config`'s model on `mesh_shape`."""
     from course_utils.lora import lora_parameter_count
@@ -101,22 +161,26 @@ def memory_table(config: Any, mesh_shape: tuple[int, int] = (1, 1)) -> list[dict
     kv = rollouts * config.cache_size * mc.num_layers * 2 * mc.num_kv_heads * mc.head_dim * w
     micro = config.micro_batch_size * g
     seq = config.max_prompt_length + config.max_generation_length
-    logits = micro * seq * mc.num_embed * 4
+    temporaries = update_temporaries(config, mc, mesh_shape)
     dtype = "bf16" if w == 2 else "f32"
+    reference = weights * w if config.beta != 0 else 0
     rows = [
         ("base weights", f"{weights / 1e6:,.0f} M × {w} B ({dtype}), sharded on tp={tp}", weights * w, weights_dev * w),
-        ("LoRA weights", f"r={config.lora_rank}: {lora / 1e6:.2f} M × {w} B (replicated)", lora * w, lora * w),
+        ("LoRA weights", f"r={config.lora_rank}: {lora / 1e6:.2f} M × {w} B (counted replicated)", lora * w, lora * w),
         ("LoRA gradients", "same size as the LoRA weights", lora * w, lora * w),
-        ("optimiser state (AdamW)", "2 moments per LoRA weight", 2 * lora * w, 2 * lora * w),
+        ("optimiser state (AdamW)", "2 moments per LoRA weight + Tunix's gradient accumulator",
+         3 * lora * w, 3 * lora * w),
         ("KV cache for the rollouts", f"{config.global_batch_size} prompts × G={g} × {config.cache_size} tokens × "
          f"{mc.num_layers} layers × K,V (replicated)", kv, kv),
-        ("reference model", "none: β = 0, no KL term" if config.beta == 0 else
-         f"shares the frozen base weights (a copy would be {weights * w / GIB:.2f} GiB)", 0, 0),
-        ("logits of one micro-batch", f"{micro} sequences × {seq} tokens × {mc.num_embed:,} words × 4 B, "
-         f"vocabulary sharded on tp={tp}", logits, logits / tp),
+        ("reference model", "none: β = 0, no KL term, no reference model" if config.beta == 0 else
+         "a second copy of the base weights (β > 0; Tunix does not share the actor's)",
+         reference, weights_dev * w if reference else 0),
+        ("update temporaries", f"one micro batch: {micro} sequences × {seq} tokens (logits over "
+         f"{mc.num_embed:,} words, activations, gradients), fitted to XLA's compiled analysis",
+         temporaries * devices, temporaries),
     ]
     table = [{"component": c, "detail": d, "total_gib": t / GIB, "per_device_gib": p / GIB} for c, d, t, p in rows]
-    table.append({"component": "total (lower bound)", "detail": f"{devices} device(s)",
+    table.append({"component": "total", "detail": f"{devices} device(s); runtime overheads come on top",
                   "total_gib": sum(r["total_gib"] for r in table),
                   "per_device_gib": sum(r["per_device_gib"] for r in table)})
     return table

@@ -233,10 +233,14 @@ for row in parameter_counts_by_profile():
 # ## 8. Will it fit? Memory of one GRPO step
 #
 # Computed from the configuration of each target: the weights (split over the mesh by
-# Gemma 3's sharding rules), the LoRA weights with their gradients and AdamW's two moments,
-# the KV cache for the G completions of each prompt, the reference model (shared: nothing
-# extra) and the largest activation, the logits over the whole vocabulary. These are lower
-# bounds — compiled programs and temporaries come on top.
+# Gemma 3's sharding rules), the LoRA weights with their gradients, AdamW's two moments and
+# Tunix's gradient accumulator, the KV cache for the G completions of each prompt, the reference
+# model (a second copy of the weights when β > 0, none at β = 0) and the temporaries of the
+# policy update of one micro batch: the logits over the vocabulary, the activations kept for
+# the backward pass and their gradients. That last row is a formula fitted to what XLA's
+# compiler reports for Tunix's real update (`python -m course_utils.rehearse` measures it for
+# the 1B at full size): counting only one copy of the logits, as a first guess would, is 3–5×
+# too low. The runtime itself comes on top.
 
 # %%
 from course_utils.memory import format_memory_table, host_memory_gib, target_tables
@@ -256,8 +260,9 @@ for target, table in target_tables():
 # - `generate` wraps Tunix's `Sampler` with `eos_tokens=[1, 106]` and an explicit seed.
 # - LoRA makes a small share of the parameters trainable (printed above) and starts as the
 #   exact base model, whose frozen weights double as the reference model.
-# - The memory table shows what dominates a GRPO step: the vocabulary-wide logits, then the
-#   weights; LoRA's optimiser state is small.
+# - The memory table shows what dominates a GRPO step: the update's temporaries (logits over the
+#   vocabulary, activations), which grow with the micro batch; then the weights. LoRA's
+#   optimiser state is small.
 #
 # ## Exercises
 #

@@ -34,18 +34,47 @@ def test_table_follows_the_config():
     table = memory_table(config)
     names = [r["component"] for r in table]
     for needed in ("base weights", "LoRA weights", "optimiser state (AdamW)", "KV cache for the rollouts",
-                   "reference model", "total (lower bound)"):
+                   "reference model", "update temporaries", "total"):
         assert needed in names
     kv = config.global_batch_size * config.num_generations * config.cache_size * 18 * 2 * 1 * 256 * 4
     assert _row(table, "KV cache for the rollouts")["total_gib"] == pytest.approx(kv / GIB)
-    assert _row(table, "reference model")["total_gib"] == 0  # shared with the LoRA model's base
+    assert config.beta > 0  # a second copy of the base weights (Tunix does not share the actor's)
+    assert _row(table, "reference model")["total_gib"] == _row(table, "base weights")["total_gib"]
+    assert _row(memory_table(TrainingConfig.for_profile("cpu", beta=0.0)), "reference model")["total_gib"] == 0
     lora = _row(table, "LoRA weights")["total_gib"]
-    assert _row(table, "optimiser state (AdamW)")["total_gib"] == pytest.approx(2 * lora)
-    assert _row(table, "total (lower bound)")["total_gib"] == pytest.approx(sum(r["total_gib"] for r in table[:-1]))
+    assert _row(table, "optimiser state (AdamW)")["total_gib"] == pytest.approx(3 * lora)  # + the accumulator
+    assert _row(table, "total")["total_gib"] == pytest.approx(sum(r["total_gib"] for r in table[:-1]))
     doubled = memory_table(TrainingConfig.for_profile("cpu", num_generations=2 * config.num_generations))
     assert _row(doubled, "KV cache for the rollouts")["total_gib"] == pytest.approx(2 * kv / GIB)
     bigger = memory_table(TrainingConfig.for_profile("cpu", lora_rank=2 * config.lora_rank))
     assert _row(bigger, "LoRA weights")["total_gib"] == pytest.approx(2 * lora)
+    update = _row(table, "update temporaries")["per_device_gib"]
+    assert config.micro_batch_size == 1
+    doubled = memory_table(TrainingConfig.for_profile("cpu", micro_batch_size=2))
+    assert _row(doubled, "update temporaries")["per_device_gib"] == pytest.approx(2 * update)
+
+
+def test_update_estimate_matches_xlas_compiled_analysis_of_the_real_update():
+    """The table's update temporaries against XLA's compiled memory analysis of the same update:
+    Tunix's train step (course_utils.rehearse) on the tiny model with the tpu profile's loss,
+    LoRA and optimiser, at a shape the fit never saw. The old table (logits only) was 3-5× low."""
+    from course_utils import rehearse
+    from course_utils.model import model_mesh, tunix_model_config
+
+    config = TrainingConfig.for_profile("tpu", model="tiny", micro_batch_size=2, max_prompt_length=96,
+                                        max_generation_length=160, cache_size=256)
+    measured = rehearse.measure_update(rehearse.full_shapes(config)[1], config, model_mesh(config, (1, 1)))
+    table = memory_table(config, (1, 1))
+    estimate = _row(table, "update temporaries")["per_device_gib"] * GIB
+    assert 0.75 < estimate / measured["temp"] < 1.33, (estimate / GIB, measured["temp"] / GIB)
+    # what the table used to count: one float32 copy of the logits of the micro batch
+    sequences, tokens = 2 * config.num_generations, 96 + 160
+    old = sequences * tokens * tunix_model_config(config).num_embed * 4
+    assert measured["temp"] > 3 * old  # the underestimate this test exists to catch
+    # the whole update: weights, LoRA, optimiser and temporaries against XLA's peak
+    persistent = sum(_row(table, name)["per_device_gib"] for name in
+                     ("base weights", "LoRA weights", "LoRA gradients", "optimiser state (AdamW)", "update temporaries"))
+    assert 0.75 < persistent * GIB / measured["peak"] < 1.33
 
 
 def test_targets_cover_the_tpu_and_the_cpu_and_1b_fits_a_tpu():
