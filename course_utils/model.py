@@ -24,6 +24,7 @@ tokens 105/106) before the model is returned.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -239,12 +240,19 @@ def random_model(model_config: Any, mesh: Any = None, seed: int = 0, scale: floa
     dtype = model_config.param_dtype
 
     def make(leaf: Any, sharding: Any = None) -> Any:
-        key = rngs.params()
-        draw = lambda k: scale * jax.random.normal(k, leaf.shape, dtype=dtype)  # noqa: E731
-        return jax.jit(draw, out_shardings=sharding)(key)
+        return _normal_draw(tuple(leaf.shape), dtype, sharding, scale)(rngs.params())
 
     state = jax.tree.map(make, shapes, shardings) if shardings is not None else jax.tree.map(make, shapes)
     return nnx.merge(graph_def, state)
+
+
+@functools.lru_cache(maxsize=256)
+def _normal_draw(shape: tuple[int, ...], dtype: Any, sharding: Any, scale: float) -> Any:
+    """`key -> scale · N(0, 1)` of one shape, compiled once per (shape, dtype, sharding, scale):
+    layers of the same shape, and every later model of the process, reuse it."""
+    import jax
+
+    return jax.jit(lambda key: scale * jax.random.normal(key, shape, dtype=dtype), out_shardings=sharding)
 
 
 def _load_tiny(config: Any, model_config: Any, mesh: Any) -> LoadedModel:

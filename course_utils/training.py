@@ -306,9 +306,39 @@ class _StepRowsBackend:
             row.update(self.extra(step, seconds))
             self.logger.log(row, step=step)
 
+    def flush(self, step: int) -> None:
+        """Write the rows of every step up to `step` now (a checkpoint of `step` is being saved)."""
+        for done in sorted(k for k in self.pending if k <= step):
+            self._write(done)
+
     def close(self) -> None:
         for step in sorted(self.pending):
             self._write(step)
+
+
+def _flush_step_rows(trainer: Any, backend: _StepRowsBackend, cluster: Any = None) -> None:
+    """Put the rows of every step the trainer has made on disk, before its checkpoint is saved.
+
+    Tunix holds metrics back to overlap their I/O with the next step: the trainer logs update
+    s's loss at update s + 1, and RLCluster logs batch b's rollout metrics when batch b + 1
+    starts. A run killed right after checkpoint s would lose those rows, and the resumed run
+    (which continues after s) would never write them. Here the trainer's held-back update is
+    logged now (Tunix's `_write_train_metrics` then starts its overlap afresh), the cluster's
+    buffered rollout metrics too, and the backend writes every row up to the checkpoint.
+    Tunix 0.1.7 internals (`_prev_buffered_train_metrics`, `_buffered_train_metrics`); where a
+    version lacks them, rows are written as before.
+    """
+    held = getattr(trainer, "_prev_buffered_train_metrics", None)
+    if held is not None:
+        held.step += 1  # as _write_train_metrics does: the update count after this update
+        trainer._write_metrics(held)
+        trainer._prev_buffered_train_metrics = None
+    buffered = getattr(cluster, "_buffered_train_metrics", None)
+    if buffered:
+        for metrics in buffered:
+            cluster._log_metrics(metrics)
+        buffered.clear()
+    backend.flush(int(trainer.train_steps))
 
 
 def _logging_options(log_dir: Path, backend: _StepRowsBackend) -> Any:
@@ -368,8 +398,10 @@ class StageResult:
 
 
 def _install_sidecar(trainer: Any, stage: str, config: TrainingConfig, logger: Any,
-                     phase_of: Callable[[int], str]) -> None:
-    """Make every checkpoint the trainer saves carry the course's JSON sidecar.
+                     phase_of: Callable[[int], str], backend: _StepRowsBackend | None = None,
+                     cluster: Any = None) -> None:
+    """Make every checkpoint the trainer saves carry the course's JSON sidecar, and find the
+    metric rows of the steps it covers already on disk (`_flush_step_rows`, given `backend`).
 
     The sidecar rides in Orbax's custom metadata, so it is written atomically with the arrays.
     Tunix's RL trainer keeps its own `global_step` there: that is preserved. Tunix 0.1.7's final
@@ -382,6 +414,11 @@ def _install_sidecar(trainer: Any, stage: str, config: TrainingConfig, logger: A
 
     def metadata() -> dict[str, Any]:
         step = int(trainer.train_steps)
+        # Tunix asks for the metadata at every update and saves at the interval's steps (and at
+        # the first, when there is no checkpoint yet): flush the rows when it will save.
+        saves = step % config.checkpoint_every == 0 or trainer.checkpoint_manager.latest_step() is None
+        if backend is not None and step > 0 and saves:
+            _flush_step_rows(trainer, backend, cluster)
         rows = logger.rows
         return {**own(), "course": {
             "stage": stage, "phase": phase_of(step), "profile": config.profile,
@@ -394,6 +431,8 @@ def _install_sidecar(trainer: Any, stage: str, config: TrainingConfig, logger: A
         manager = trainer.checkpoint_manager
         last = manager.latest_step()
         if trainer.train_steps > 0 and (last is None or last < trainer.train_steps):
+            if backend is not None:
+                _flush_step_rows(trainer, backend, cluster)
             manager.save(trainer.train_steps, trainer.model, trainer.optimizer,
                          save_only_lora_params=trainer._lora_enabled, force=True,
                          custom_metadata=metadata())
@@ -500,7 +539,7 @@ def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequ
     )
     trainer = peft_trainer.PeftTrainer(model, sft_optimizer(config), training_config).with_gen_model_input_fn(
         sft_model_inputs(_tokenizer_adapter(tokenizer).pad_id()))
-    _install_sidecar(trainer, "sft", config, logger, lambda step: "sft")
+    _install_sidecar(trainer, "sft", config, logger, lambda step: "sft", backend)
     start = trainer.train_steps
     logger.resume(start)
     started = backend.arrived[start] = time.perf_counter()
@@ -894,7 +933,7 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
                                       show=lambda values: show_on_progress_bar(cluster.actor_trainer, values))],
     )
     trainer = cluster.actor_trainer
-    _install_sidecar(trainer, "grpo", config, logger, lambda step: phase_of_step(step, config))
+    _install_sidecar(trainer, "grpo", config, logger, lambda step: phase_of_step(step, config), backend, cluster)
     start = int(trainer.train_steps)
     per_batch = config.max_steps / grpo_batch_count(config)
     cluster.global_steps = int(start // per_batch)  # batches done (Tunix 0.1.7's last save omits it)

@@ -204,6 +204,23 @@ def test_metrics_backend_pairs_each_update_with_the_rollouts_it_learned_from():
         assert row["phase"] == "x" and "loss" not in row
 
 
+def test_metrics_backend_flush_writes_the_rows_a_checkpoint_covers_at_once():
+    """Rows wait for two later steps (late events); a checkpoint of step s flushes them up to s.
+    The kill after a real checkpoint is tests/test_rehearsal.py's."""
+    logger = _Logger()
+    backend = training._StepRowsBackend(logger, training._GRPO_SOURCES, lambda step, s: {})
+    for batch in range(2):
+        backend.log_scalar("course/train/reward_mean", 0.5, step=batch)
+        backend.log_scalar("actor/train/loss", 1.0, step=batch + 1)
+    assert logger.rows == []  # held back: step 2's events may still come
+    backend.flush(1)
+    assert [r["step"] for r in logger.rows] == [1]
+    backend.flush(2)
+    assert [r["step"] for r in logger.rows] == [1, 2]
+    backend.close()
+    assert [r["step"] for r in logger.rows] == [1, 2]
+
+
 def test_the_progress_bar_shows_the_current_reward_of_each_step():
     from course_utils.model import tiny_tokenizer
     from tunix.sft import metrics_logger, progress_bar
