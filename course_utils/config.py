@@ -1,7 +1,9 @@
 """Every knob of the course in one dataclass, and the three profiles (part 02).
 
-`TrainingConfig()` is the full-size run (Gemma 3 1B-it on a Kaggle TPU). The other profiles
-are `dataclasses.replace` of it, never copies, so a default changed here changes every profile:
+`TrainingConfig()` holds the defaults: Gemma 3 1B-it with the official Tunix Gemma notebook's
+GRPO values. The profiles are `dataclasses.replace` of it, never copies, so a default changed
+here changes every profile; the `tpu` profile (the full run on a Kaggle TPU) revises the GRPO
+recipe (`_PROFILE_CHANGES["tpu"]`, each value with its source):
 
 >>> cfg = TrainingConfig.for_profile("smoke")
 >>> cfg.num_generations, cfg.model
@@ -45,7 +47,8 @@ REWARD_WEIGHT_FIELDS = (
 class TrainingConfig:
     """All settings of one course run. Introduced in part 02; every later part reads it.
 
-    The defaults are the full `tpu` run. Symbols in comments are the ones part 02 explains.
+    The defaults are Gemma 3 1B-it with the official Tunix notebook's values; the `tpu` profile
+    revises the recipe. Symbols in comments are the ones part 02 explains.
     """
 
     profile: str = "tpu"
@@ -278,14 +281,54 @@ EVAL_FIELDS = (
 
 # What each profile changes from the full-size defaults. Nothing else differs.
 _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
+    # The full run's recipe, revised from the official Tunix Gemma notebook's values that
+    # TrainingConfig's defaults keep (lr 3e-6, β 0.08, clip 0.1, G 4); a public reproduction of
+    # those found format gains, not accuracy (google/tunix issue 688: accuracy 53 → 49 %, format
+    # 65 → 91 %). Sources: ../shared/notes/grpo-signal-facts.md, README "Rehearsed at full size".
+    # UNVALIDATED until a TPU run: no value here has been measured on Gemma 3 1B; the memory
+    # figures are XLA CPU compiles on 8 simulated devices.
     "tpu": dict(
+        # β = 0: no KL term and no reference model. Tunix skips the reference forward at beta 0.0
+        # and RLCluster accepts reference=None (training.make_reference returns None); DAPO and
+        # nanochat train without KL. Saves the reference's copy of the weights (0.24 GiB per chip).
+        beta=0.0,
+        # DAPO's token-mean loss (every token weighs alike: no discount for long wrong replies) and
+        # Dr. GRPO's advantages r − mean (no std scaling of tiny heuristic-reward differences,
+        # arXiv 2503.20783), as the cpu profile uses; from the literature, not measured on the 1B.
+        loss_agg_mode="token-mean",
+        advantage_estimator="drgrpo",
+        # LoRA Without Regret (Thinking Machines): the best LoRA learning rate is ≈ 10× full
+        # fine-tuning's; 10 × the official notebook's 3e-6 (the cpu profile's 270M also uses 3e-5).
+        learning_rate=3e-5,
+        # Global-norm clipping at 1.0, as the cpu profile (the notebook's 0.1 with a 10× larger
+        # learning rate would clip nearly every step); not measured on the 1B.
+        max_grad_norm=1.0,
+        # G = 8: a group carries a correctness signal with probability 1 − pᴳ − (1 − p)ᴳ:
+        # 0.83 at p = 0.2 with G = 8, 0.59 with G = 4.
+        num_generations=8,
         # Memory (python -m course_utils.rehearse: XLA's compiled memory analysis of Tunix's train
-        # step for Gemma 3 1B in bf16 on 8 simulated CPU devices, mesh (2, 4)): the GRPO update of
-        # 4 prompts × G = 4 sequences of 256 + 512 tokens needs 15.76 GiB per device, 16.00 GiB with
-        # β > 0's reference copy: all of a 16 GiB v5e chip. One prompt per micro batch (8 sequences
-        # at G = 8: 8.61 GiB) leaves ~45 % free; the mini batch of 4 prompts is then 4
-        # accumulated micro-batches (same update, 4 smaller passes).
+        # step for Gemma 3 1B in bf16 on 8 simulated CPU devices, mesh (2, 4)): a micro batch of
+        # 16 sequences of 256 + 512 tokens (4 prompts × G = 4) needs 15.76 GiB per device, 16.00
+        # GiB with β > 0's reference copy: all of a 16 GiB v5e chip. One prompt's G = 8 sequences
+        # need 8.61 GiB (SFT step: 7.65 GiB), leaving 46 % of the chip for the runtime and
+        # rollouts; two prompts (16 sequences) would need 16 GiB again. So micro batch 1: the mini
+        # batch of 4 prompts is 4 accumulated micro-batches (the same update in 4 passes).
         micro_batch_size=1,
+        # Train on prompts the SFT policy solves sometimes (1 to 7 of k = 8): balanced difficulty
+        # filtering (arXiv 2504.03380: +12 % in under half the steps); 1024 candidates so that
+        # 500 steps × 4 prompts cycle a few hundred kept prompts, not a handful.
+        filter_prompts=True,
+        filter_candidates=1024,
+        # Correctness-led reward (DAPO, nanochat, tenstorrent; binary correctness beat partial
+        # credit on a 0.5B model): correctness 0.70 → 0.85 of the reward, format + coherence
+        # 0.25 → 0.10 only to keep answers parseable, calibration 0.05.
+        format_reward_weight=0.15,
+        coherence_reward_weight=0.05,
+        correctness_reward_weight=0.80,
+        anneal_trace_weight_start=0.25,
+        anneal_trace_weight_end=0.10,
+        anneal_correct_weight_start=0.70,
+        anneal_correct_weight_end=0.85,
     ),
     "gpu": {},
     "cpu": dict(

@@ -18,7 +18,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # Hardware the course targets, for part 01's table. Memory is per core/chip.
 HARDWARE = [
     {"name": "Kaggle TPU v5e-8", "devices": "8 chips", "memory_gb_each": 16, "profile": "tpu",
-     "fits": "Gemma 3 1B + LoRA, G=4, 256+512 tokens, mesh (2, 4); rehearsed on simulated devices only"},
+     "fits": "Gemma 3 1B + LoRA, G=8, 256+512 tokens, micro batch 1, mesh (2, 4); rehearsed on simulated devices only"},
     {"name": "Kaggle GPU T4 x2 / P100", "devices": "1-2 GPUs", "memory_gb_each": 16, "profile": "gpu",
      "fits": "Gemma 3 1B + LoRA on one device (slower than TPU)"},
     {"name": "Laptop / CI CPU", "devices": "CPU", "memory_gb_each": None, "profile": "cpu",

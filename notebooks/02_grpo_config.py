@@ -137,32 +137,35 @@ except ValueError as err:
 
 # %%
 config = TrainingConfig.for_profile(PROFILE, **OVERRIDES) if PROFILE else TrainingConfig.from_env(**OVERRIDES)
-full = TrainingConfig()
+full = TrainingConfig.for_profile("tpu")
 print(f"{'field':<28}{config.profile + ' profile':>20}{'full tpu run':>16}")
 for name, value in config.to_dict().items():
     mark = "" if value == getattr(full, name) else "  *"
     print(f"{name:<28}{value!s:>20}{getattr(full, name)!s:>16}{mark}")
 
 # %% [markdown]
-# The fields marked `*` are what the active profile changes. The GRPO symbols:
+# The fields marked `*` are where the active profile differs from the full `tpu` run. The GRPO
+# symbols, with the official Tunix Gemma notebook's values (`TrainingConfig()`'s defaults) and the
+# full run's revised recipe (README, "Rehearsed at full size": sources, and not yet run on a TPU):
 #
-# | symbol | field | meaning | full run |
-# |---|---|---|---|
-# | G | `num_generations` | answers sampled per question | 4 |
-# | β | `beta` | weight of the KL penalty (estimator: `kl_loss_mode`) | 0.08 |
-# | ε | `epsilon` | clip range of the ratio | 0.2 |
-# | η | `learning_rate` | AdamW step size (warm-up then cosine decay) | 3e-6 |
-# | r, α | `lora_rank`, `lora_alpha` | LoRA rank and scale α/r | 8, 16 |
-# | A | `advantage_estimator` | "grpo" (r − mean)/std, "drgrpo" r − mean, "rloo" | grpo |
-# | | `loss_agg_mode` | how token losses are averaged (Tunix's modes) | sequence-mean-token-mean |
+# | symbol | field | meaning | Tunix notebook | full run |
+# |---|---|---|---|---|
+# | G | `num_generations` | answers sampled per question | 4 | 8 |
+# | β | `beta` | weight of the KL penalty (estimator: `kl_loss_mode`) | 0.08 | 0 (no reference model) |
+# | ε | `epsilon` | clip range of the ratio | 0.2 | 0.2 |
+# | η | `learning_rate` | AdamW step size (warm-up then cosine decay) | 3e-6 | 3e-5 (LoRA: ≈ 10×) |
+# | r, α | `lora_rank`, `lora_alpha` | LoRA rank and scale α/r | 8, 16 | 8, 16 |
+# | A | `advantage_estimator` | "grpo" (r − mean)/std, "drgrpo" r − mean, "rloo" | grpo | drgrpo |
+# | | `loss_agg_mode` | how token losses are averaged (Tunix's modes) | sequence-mean-token-mean | token-mean |
 #
 # The warm-up starts above 0: optax reads the schedule at the count of updates already done, so
 # the course shifts it by one and update k runs at η·k / warm-up steps (`update_learning_rate`).
 # Tunix's default `loss_agg_mode` averages each reply's tokens first, so a long wrong reply is
-# punished less per token; the cpu profile uses "token-mean" with "drgrpo" (part 06).
+# punished less per token; the cpu and tpu profiles use "token-mean" with "drgrpo" (part 06).
 #
-# The reward weights (format 0.25, coherence 0.20, correctness 0.55, efficiency 0) must sum to 1;
-# part 03 explains each component.
+# The reward weights must sum to 1 (defaults: format 0.25, coherence 0.20, correctness 0.55,
+# efficiency 0; the full run leads with correctness: 0.15, 0.05, 0.80, 0); part 03 explains each
+# component.
 
 # %% [markdown]
 # ## 5. Save it for the later parts

@@ -41,7 +41,8 @@ GRPO_STEPS = 4
 def rehearsal_config() -> TrainingConfig:
     """The tpu profile with what a CPU can run in seconds: the tiny Gemma 3 (4 query heads,
     1 KV head, like the 1B), float32 (so 1- and 8-device runs agree to float tolerance),
-    synthetic data, a few steps with a checkpoint after each."""
+    synthetic data, a few steps with a checkpoint after each. Its GRPO recipe (G, β = 0,
+    micro batch 1, loss, filtering) is the profile's."""
     tpu = TrainingConfig.for_profile("tpu")
     return TrainingConfig.for_profile(
         "tpu", model="tiny", param_dtype="float32", data_source="synthetic", train_examples=32,
@@ -50,6 +51,9 @@ def rehearsal_config() -> TrainingConfig:
         eval_batch_size=4, eval_samples_k=2, eval_sampled_examples=2, checkpoint_every=1,
         time_budget_minutes=None, global_batch_size=tpu.global_batch_size,
         mini_batch_size=tpu.mini_batch_size, micro_batch_size=tpu.micro_batch_size,
+        # the profile filters prompts by pass rate: run that path on a few candidates; a random
+        # tiny model solves none, so the lower bound admits p̂ = 0
+        filter_candidates=8, filter_samples_k=2, filter_pass_rate_min=0.0,
     )
 
 
