@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             with PeakMemory() as memory:
                 seconds = execute(notebook, out / "executed", args.timeout)
         except Exception as err:  # nbclient's CellExecutionError carries the cell and traceback
-            print(f"✗ {notebook.stem} failed; executed copy with the error: {out / 'executed' / notebook.name}")
+            print(f"✗ {notebook.stem} failed (kernel peak {memory.gib:.2f} GiB resident); executed copy with the "
+                  f"error: {out / 'executed' / notebook.name}")
             print(str(err)[-3000:], file=sys.stderr)
             return 1
         timings[notebook.stem] = round(seconds, 1)
