@@ -218,7 +218,8 @@ def measure_update(shape: Shape, config: Any, mesh: Any, *, execute: bool = Fals
     """Compile `shape`'s update on `mesh` and return per-device bytes: `base`, `lora`,
     `optimizer`, `inputs` (from the shardings), XLA's `argument`, `output`, `alias`, `temp`
     (`compiled.memory_analysis()`), and `peak` = argument + output − alias + temp. With
-    `execute`, the update also runs once on random weights and tokens: `seconds`, `loss`,
+    `execute`, the update also runs on random weights and tokens, as many micro-batches as one
+    optimiser update takes (GRPO: mini / micro): `calls`, `seconds` per call, `loss`,
     `lora_changed` (the largest change of a LoRA weight)."""
     import jax
     import numpy as np
@@ -247,11 +248,15 @@ def measure_update(shape: Shape, config: Any, mesh: Any, *, execute: bool = Fals
     figures["peak"] = figures["argument"] + figures["output"] - figures["alias"] + figures["temp"]
     if execute:
         before = [np.asarray(x, np.float32) for x in jax.tree.leaves(nnx.state(actor, nnx.LoRAParam))]
+        # GRPO accumulates mini / micro micro-batches before the optimiser moves the weights
+        calls = config.mini_batch_size // config.micro_batch_size if shape.kind == "grpo" else 1
         began = time.perf_counter()
         with jax.set_mesh(mesh):
-            loss, _, _ = step(actor, optimizer, inputs)
+            for _ in range(calls):
+                loss, _, _ = step(actor, optimizer, inputs)
             loss = float(loss)
-        figures["seconds"] = round(time.perf_counter() - began, 1)
+        figures["seconds"] = round((time.perf_counter() - began) / calls, 1)
+        figures["calls"] = calls
         after = [np.asarray(x, np.float32) for x in jax.tree.leaves(nnx.state(actor, nnx.LoRAParam))]
         figures["loss"] = loss
         figures["lora_changed"] = float(max(np.abs(a - b).max() for a, b in zip(after, before)))
@@ -283,8 +288,8 @@ def report(figures: dict[str, Any], label: str) -> str:
              f"  XLA temporaries           {_gib(figures['temp'])} GiB (activations, logits, gradients)",
              f"  peak of the update        {_gib(figures['peak'])} GiB per device"]
     if "seconds" in figures:
-        lines.append(f"  ran once in {figures['seconds']} s: loss {figures['loss']:.4f}, "
-                     f"largest LoRA change {figures['lora_changed']:.2e}")
+        lines.append(f"  ran {figures['calls']} micro-batch(es) (one optimiser update), {figures['seconds']} s each: "
+                     f"loss {figures['loss']:.4f}, largest LoRA change {figures['lora_changed']:.2e}")
     return "\n".join(lines)
 
 
