@@ -56,12 +56,17 @@ def peak_rss_bytes(pid: int) -> int:
 
 class PeakMemory:
     """The largest peak resident memory of any process started below this one (the notebook
-    kernel), polled every `interval` seconds while the `with` block runs; `.gib` afterwards."""
+    kernel), polled every `interval` seconds while the `with` block runs; `.gib` afterwards.
+
+    A child caught between fork and exec still runs this process's program in this process's
+    memory, and its VmHWM is this process's; it is skipped until it has exec'd (its command line
+    is still ours), and a reading is kept only if the same process is still there afterwards."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval, self.peak = interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._own_cmdline = psutil.Process().cmdline()
 
     def _poll(self) -> None:
         while True:
@@ -70,7 +75,14 @@ class PeakMemory:
             except psutil.Error:
                 children = []
             for child in children:
-                self.peak = max(self.peak, peak_rss_bytes(child.pid))
+                try:
+                    if child.cmdline() == self._own_cmdline:  # not exec'd yet: our memory, not its
+                        continue
+                    peak = peak_rss_bytes(child.pid)
+                    if child.is_running():  # same pid, same start time: not a reused pid
+                        self.peak = max(self.peak, peak)
+                except psutil.Error:
+                    continue
             if self._stop.wait(self.interval):
                 return
 
