@@ -20,21 +20,21 @@
 # needs data, not a model, and runs in seconds.
 
 # %%
-# Make `course_utils` importable: pip-installed, this repository, or a Kaggle input.
-import importlib.util, os, pathlib, subprocess, sys
+# Make `course_utils` importable: installed, this repository or a Kaggle input, else pip-install it pinned.
+import importlib, importlib.util, os, pathlib, subprocess, sys
+COURSE_UTILS_URL = os.environ.get("COURSE_UTILS_PIP") or "git+https://github.com/gemma3-grpo-course/gemma3-grpo-course@v0.1.0"
+here = pathlib.Path.cwd()
+kaggle = [p for g in ("*", "*/*", "*/*/*") for p in pathlib.Path("/kaggle/input").glob(g)] + [pathlib.Path("/kaggle/usr/lib")]
+root = next((p for p in [here, *here.parents, *kaggle] if (p / "course_utils" / "__init__.py").is_file()), None)
 if importlib.util.find_spec("course_utils"):
     print("course_utils: installed package")
-elif os.environ.get("COURSE_UTILS_PIP"):  # e.g. a pinned wheel or tagged release
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ["COURSE_UTILS_PIP"]], check=True)
-    print("course_utils: pip-installed from", os.environ["COURSE_UTILS_PIP"])
-else:
-    here = pathlib.Path.cwd()
-    kaggle = [p for g in ("*", "*/*", "*/*/*") for p in pathlib.Path("/kaggle/input").glob(g)] + [pathlib.Path("/kaggle/usr/lib")]
-    root = next((p for p in [here, *here.parents, *kaggle] if (p / "course_utils" / "__init__.py").is_file()), None)
-    if root is None:
-        raise ModuleNotFoundError("course_utils not found: run `pip install -e .` in the repository, or attach the repository to this notebook (Add Input) as a Kaggle dataset.")
+elif root is not None:
     sys.path.insert(0, str(root))
     print("course_utils: from", root)
+else:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", COURSE_UTILS_URL], check=True)
+    importlib.invalidate_caches()
+    print("course_utils: pip-installed from", COURSE_UTILS_URL)
 
 # %%
 from course_utils.install import ensure_packages

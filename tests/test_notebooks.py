@@ -80,6 +80,39 @@ def test_check_fails_without_bootstrap_cell(tmp_path):
     assert any("BOOTSTRAP_CELL" in m for m in notebooks.problems(py, ipynb))
 
 
+def test_bootstrap_cell_pins_this_repository_at_the_package_version():
+    import tomllib
+
+    from course_utils.kaggle_job import GITHUB_REPO
+
+    version = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["version"]
+    assert notebooks.COURSE_UTILS_URL == f"git+https://github.com/{GITHUB_REPO}@v{version}"
+    assert notebooks.BOOTSTRAP_CELL.count(notebooks.COURSE_UTILS_URL) == 1
+
+
+@pytest.mark.parametrize("where", ["nowhere", "checkout", "installed"])
+def test_bootstrap_cell_finds_or_pip_installs_course_utils(where, tmp_path, monkeypatch):
+    """The cell run as a notebook runs it: pip only when course_utils is neither installed nor
+    in a checkout above the working folder, and then the pinned URL."""
+    import importlib.util
+
+    pip_calls, found = [], importlib.util.find_spec
+    if where == "checkout":
+        (tmp_path / "course_utils").mkdir()
+        (tmp_path / "course_utils" / "__init__.py").write_text("")
+        (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks" if where == "checkout" else tmp_path)
+    monkeypatch.delenv("COURSE_UTILS_PIP", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: pip_calls.append(cmd))
+    if where != "installed":
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "course_utils" else found(name, *a))
+    exec(notebooks.BOOTSTRAP_CELL, {})
+    expected = [[sys.executable, "-m", "pip", "install", "-q", notebooks.COURSE_UTILS_URL]]
+    assert pip_calls == (expected if where == "nowhere" else [])
+    assert (sys.path[0] == str(tmp_path)) == (where == "checkout")
+
+
 def test_select_parts():
     assert [p.name for p in select_parts("1,02")] == [PAIRS[0][1].name, PAIRS[1][1].name]
     with pytest.raises(SystemExit, match="no notebook for part"):
