@@ -33,7 +33,7 @@ Every reply also gets exactly one ``error`` category, checked in this order:
 ``format_broken``       it ended by itself but is not format-compliant (tags missing, repeated,
                         out of order, empty, or text after ``</answer>``).
 ``wrong_arithmetic``    format-compliant, wrong answer, and at least one written calculation
-                        ``a op b … = c`` in it is false (`check_arithmetic`).
+                        ``a op b … = c`` in it is false (`rewards.check_arithmetic`).
 ``wrong_answer``        format-compliant, wrong answer, every checkable calculation right:
                         the set-up or the reasoning is wrong, not the arithmetic.
 ======================  =======================================================================
@@ -53,6 +53,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from course_utils import rewards
+from course_utils.data import parse_number
 from course_utils.files import atomic_write
 
 ERROR_CATEGORIES = ("correct", "truncated", "no_answer", "format_broken", "wrong_arithmetic", "wrong_answer")
@@ -72,289 +74,25 @@ METRIC_LABELS = {
 TRUNCATION_SLACK = 2
 PARTIAL_TOLERANCE = 0.10
 RESULTS_DIR = "eval"
-_MAX_NUMBER_DIGITS = 30  # longer digit runs are not treated as numbers in arithmetic checks
-_MAX_TERMS = 32
 
 
 # ================================================================================================
-# Numbers in free text (linear time)
+# Numbers: part 03's parser and checkers (`rewards.find_numbers`, `answers_match`, `check_arithmetic`)
 # ================================================================================================
 
-_DIGITS = frozenset("0123456789")
-_MINUS = frozenset("-\u2212")
 
-
-def _scan_number(text: str, i: int) -> tuple[int, str, int]:
-    """Scan the number starting at `text[i]` (a digit, or '.' before a digit).
-
-    Returns (end index, normalised digits without sign or commas, decimals). Thousands groups
-    (``1,234,567``) are joined only when every group after the first has exactly three digits and
-    the first has at most three; ``1,2`` is two numbers. Each character is looked at a bounded
-    number of times, so a whole text scans in linear time.
-    """
-    n = len(text)
-    j = i
-    while j < n and text[j] in _DIGITS:
-        j += 1
-    whole = text[i:j]
-    if 0 < len(whole) <= 3:
-        groups = [whole]
-        k = j
-        while (k + 3 < n and text[k] == "," and text[k + 1] in _DIGITS and text[k + 2] in _DIGITS
-               and text[k + 3] in _DIGITS and (k + 4 >= n or text[k + 4] not in _DIGITS)):
-            groups.append(text[k + 1:k + 4])
-            k += 4
-        if len(groups) > 1:
-            whole, j = "".join(groups), k
-    decimals = ""
-    if j + 1 < n and text[j] == "." and text[j + 1] in _DIGITS:
-        k = j + 1
-        while k < n and text[k] in _DIGITS:
-            k += 1
-        decimals, j = text[j + 1:k], k
-    digits = (whole or "0") + ("." + decimals if decimals else "")
-    return j, digits, len(decimals)
-
-
-def _is_number_start(text: str, i: int) -> bool:
-    c = text[i]
-    if c in _DIGITS:
-        return i == 0 or text[i - 1] not in _DIGITS
-    return (c == "." and i + 1 < len(text) and text[i + 1] in _DIGITS
-            and (i == 0 or text[i - 1] not in _DIGITS))
-
-
-def extract_numbers(text: str) -> list[str]:
-    """Every number in `text`, in order, normalised (part 07): ``"-1,234.50"`` → ``"-1234.50"``.
-
-    A minus sign counts when it touches the digits and does not follow a letter, digit or closing
-    bracket (``"5-3"`` is 5 and 3, ``"= -3"`` is −3). ``$``, ``%`` and units around a number are
-    ignored. Runs in linear time on any input (no regular-expression backtracking); anything
-    that is not a string gives ``[]``.
-    """
-    if not isinstance(text, str):
-        return []
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        if not _is_number_start(text, i):
-            i += 1
-            continue
-        start = i
-        i, digits, _ = _scan_number(text, i)
-        sign = ""
-        if start > 0 and text[start - 1] in _MINUS:
-            before = text[start - 2] if start >= 2 else " "
-            if not (before.isalnum() or before in ")]}" or before in _DIGITS):
-                sign = "-"
-        out.append(sign + digits)
-        # a version-like tail ("1.2.3") continues as a new number at the next digit
-    return out
-
-
-def last_number(text: str) -> str | None:
-    """The last number anywhere in `text` (normalised), or None (part 07)."""
-    found = extract_numbers(text)
+def last_number(text: Any) -> str | None:
+    """The last number anywhere in `text` (normalised, as `rewards.find_numbers` reads it), or None."""
+    found = rewards.find_numbers(text)
     return found[-1] if found else None
-
-
-def to_fraction(value: Any) -> Fraction | None:
-    """The exact value of a number written as text (``"1,080"``, ``"0.5"``, ``"3/4"``), or None."""
-    if value is None:
-        return None
-    if isinstance(value, Fraction):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return Fraction(value) if math.isfinite(value) else None
-    if not isinstance(value, str):
-        return None
-    from course_utils.data import parse_number
-
-    parsed = parse_number(value)
-    if parsed is not None:
-        return parsed
-    found = extract_numbers(value) if len(value) < 200 else []
-    return Fraction(found[0]) if len(found) == 1 else None
-
-
-def numbers_equal(a: Any, b: Any) -> bool:
-    """True when both parse as numbers with exactly the same value (``"18.00"`` == ``"18"``)."""
-    x, y = to_fraction(a), to_fraction(b)
-    return x is not None and y is not None and x == y
 
 
 def within_tolerance(prediction: Any, gold: Any, tolerance: float = PARTIAL_TOLERANCE) -> bool:
     """True when `prediction` is within ±`tolerance` (relative) of `gold`; gold 0 needs exactly 0."""
-    x, y = to_fraction(prediction), to_fraction(gold)
+    x, y = parse_number(str(prediction)), parse_number(str(gold))
     if x is None or y is None:
         return False
-    if y == 0:
-        return x == 0
-    return abs(x - y) <= Fraction(tolerance).limit_denominator(10**6) * abs(y)
-
-
-# ================================================================================================
-# Arithmetic written in a reply
-# ================================================================================================
-
-
-@dataclasses.dataclass(frozen=True)
-class Calculation:
-    """One written calculation ``left = right`` found in a reply, and whether it holds."""
-
-    text: str
-    left: Fraction
-    right: Fraction
-    ok: bool
-
-
-_OPS = {"+": "+", "-": "-", "\u2212": "-", "*": "*", "\u00d7": "*", "\u22c5": "*", "/": "/", "\u00f7": "/"}
-
-
-def _arith_tokens(text: str) -> list[tuple]:
-    """Tokens for `check_arithmetic`: ('num', value, decimals, percent, start, end), ('op', c,
-    start), ('eq', start), ('break',). Whitespace and '$' are skipped; anything else breaks."""
-    tokens: list[tuple] = []
-    i, n = 0, len(text)
-
-    def push_break() -> None:
-        if tokens and tokens[-1][0] != "break":
-            tokens.append(("break",))
-
-    while i < n:
-        c = text[i]
-        if _is_number_start(text, i):
-            start = i
-            end, digits, decimals = _scan_number(text, i)
-            percent = end < n and text[end] == "%"
-            if len(digits.replace(".", "")) > _MAX_NUMBER_DIGITS or (tokens and tokens[-1][0] == "num"):
-                push_break()  # absurd length, or two numbers in a row ("3 4"): not arithmetic
-                tokens.append(("num", None, 0, True, start, end))
-            else:
-                tokens.append(("num", Fraction(digits), decimals, percent, start, end))
-            i = end + (1 if percent else 0)
-        elif c in " \t$":
-            i += 1
-        elif c in _OPS:
-            tokens.append(("op", _OPS[c], i))
-            i += 1
-        elif c in "xX" and tokens and tokens[-1][0] == "num":
-            k = i + 1
-            while k < n and text[k] in " \t$":
-                k += 1
-            if k < n and text[k] in _DIGITS:  # "3 x 4": multiplication
-                tokens.append(("op", "*", i))
-            else:
-                push_break()
-            i += 1
-        elif c == "=":
-            tokens.append(("eq", i))
-            i += 1
-        else:
-            push_break()
-            i += 1
-    return tokens
-
-
-def _parse_side(part: list[tuple]) -> tuple[Fraction | None, int, bool]:
-    """(value, operator count, valid) of a flat expression like ``-3 + 4 * 2``; None value for
-    division by zero or a percent sign (not judged)."""
-    if not part:
-        return None, 0, False
-    values: list[Fraction] = []
-    ops: list[str] = []
-    expect_num, negate, skip = True, False, False
-    for tok in part:
-        if expect_num:
-            if tok[0] == "op" and tok[1] == "-" and not negate:
-                negate = True
-                continue
-            if tok[0] != "num":
-                return None, 0, False
-            if tok[1] is None or tok[3]:
-                skip = True
-                values.append(Fraction(0))
-            else:
-                values.append(-tok[1] if negate else tok[1])
-            negate, expect_num = False, False
-        else:
-            if tok[0] != "op":
-                return None, 0, False
-            ops.append(tok[1])
-            expect_num = True
-    if expect_num or len(values) > _MAX_TERMS:
-        return None, 0, False
-    if skip:
-        return None, len(ops), True
-    # * and / first, left to right; then + and -.
-    terms, signs = [values[0]], []
-    for op, v in zip(ops, values[1:]):
-        if op == "*":
-            terms[-1] = terms[-1] * v
-        elif op == "/":
-            if v == 0:
-                return None, len(ops), True
-            terms[-1] = terms[-1] / v
-        else:
-            signs.append(op)
-            terms.append(v)
-    total = terms[0]
-    for op, v in zip(signs, terms[1:]):
-        total = total + v if op == "+" else total - v
-    return total, len(ops), True
-
-
-def _agrees(actual: Fraction, claimed: Fraction, decimals: int) -> bool:
-    """An exact result must be written exactly; a non-integer may be rounded (to nearest) or cut
-    to the number of decimals written: ``10/3 = 3.33`` and ``2/3 = 0.66`` hold, ``10/3 = 3.4`` not."""
-    if actual == claimed:
-        return True
-    if actual.denominator == 1:
-        return False
-    scale = 10**decimals
-    scaled, written = abs(actual) * scale, claimed * scale * (1 if actual > 0 else -1)
-    if written.denominator != 1:
-        return False
-    candidates = {math.floor(scaled), math.floor(scaled + Fraction(1, 2)), round(scaled)}
-    return int(written) in candidates
-
-
-def check_arithmetic(text: str) -> list[Calculation]:
-    """Every written calculation in `text` with its truth (part 07).
-
-    Finds chains ``e₁ = e₂ (= e₃ …)`` of flat expressions of numbers and ``+ − × * / ÷ x``
-    (``$`` ignored, no brackets) and judges each neighbouring pair in which the left side has an
-    operator: ``48/2 = 24`` holds, ``3 + 4 = 8`` does not, ``2 + 3 + 4 = 9`` holds (the whole left
-    side counts, with × and / before + and −). Percentages, division by zero and anything
-    interrupted by words are not judged. Nothing is ever passed to ``eval``.
-    """
-    if not isinstance(text, str):
-        return []
-    tokens = _arith_tokens(text)
-    found: list[Calculation] = []
-    segment: list[tuple] = []
-    for tok in [*tokens, ("break",)]:
-        if tok[0] != "break":
-            segment.append(tok)
-            continue
-        if any(t[0] == "eq" for t in segment):
-            parts: list[list[tuple]] = [[]]
-            for t in segment:
-                if t[0] == "eq":
-                    parts.append([])
-                else:
-                    parts[-1].append(t)
-            sides = [_parse_side(p) for p in parts]
-            for (left, n_ops, ok_l), (right, _, ok_r), lp, rp in zip(sides, sides[1:], parts, parts[1:]):
-                if not (ok_l and ok_r) or n_ops == 0 or left is None or right is None:
-                    continue
-                decimals = max((t[2] for t in rp if t[0] == "num"), default=0)
-                start = next(t[4] if t[0] == "num" else t[2] for t in lp)
-                end = max(t[5] for t in rp if t[0] == "num")
-                found.append(Calculation(" ".join(text[start:end].split()), left, right,
-                                         _agrees(left, right, decimals)))
-        segment = []
-    return found
+    return x == 0 if y == 0 else abs(x - y) <= Fraction(tolerance).limit_denominator(10**6) * abs(y)
 
 
 # ================================================================================================
@@ -365,8 +103,6 @@ def format_ok(response: Any) -> bool:
     """True when the reply is exactly ``<reasoning>R</reasoning><answer>A</answer>`` (part 07):
     each tag once, in that order, R and A not blank, nothing but whitespace around them (a
     trailing ``<end_of_turn>`` is allowed) — i.e. part 03's `format_reward` gives full marks."""
-    from course_utils import rewards
-
     return rewards.format_reward(response) >= 1.0
 
 
@@ -380,8 +116,6 @@ def _reward_parts(response: str, gold: str, weights: Mapping[str, float] | None,
     """The composite reward as GRPO pays it: part 03's `score_batch` (the function behind
     `make_reward_fns`) with the question, the difficulty and, by default, the weights of the
     last GRPO step (`rewards.final_weights`)."""
-    from course_utils import rewards
-
     chosen = dict(weights) if weights else rewards.final_weights(config)
     breakdown = rewards.score_batch([response], [gold], config, difficulties=[difficulty], weights=chosen,
                                     questions=[question])[0]
@@ -436,8 +170,6 @@ def score_reply(response: Any, gold: str, *, weights: Mapping[str, float] | None
     ``truncated``; without them a reply is never called truncated. Any input is handled: a
     non-string reply scores as empty, never raises.
     """
-    from course_utils import rewards
-
     text = response if isinstance(response, str) else ""
     gold = str(gold)
     strict = bool(rewards.is_correct(text, gold))
@@ -445,13 +177,13 @@ def score_reply(response: Any, gold: str, *, weights: Mapping[str, float] | None
     tagged = tagged if isinstance(tagged, str) and tagged.strip() else None
     last = last_number(text)
     formatted = format_ok(text)
-    calculations = check_arithmetic(text)
+    calculations = rewards.check_arithmetic(text)
     wrong = [c.text for c in calculations if not c.ok]
     truncated = is_truncated(text, n_tokens, max_new_tokens)
     total, parts = _reward_parts(text, gold, weights, config, difficulty, question)
     row: dict[str, Any] = {
         "strict": strict,
-        "lenient": last is not None and numbers_equal(last, gold),
+        "lenient": last is not None and rewards.answers_match(last, gold),
         "format": formatted,
         "partial": tagged is not None and within_tolerance(tagged, gold),
         "reward": total,
@@ -600,7 +332,7 @@ def majority_answer(answers: Sequence[str | None]) -> str | None:
     for index, answer in enumerate(answers):
         if answer is None:
             continue
-        value = to_fraction(answer)
+        value = parse_number(str(answer))
         key = ("v", value) if value is not None else ("s", " ".join(str(answer).split()))
         if key not in tally:
             tally[key] = [0, index, answer]
@@ -613,8 +345,6 @@ def majority_answer(answers: Sequence[str | None]) -> str | None:
 def sampled_scores(samples: Sequence[Sequence[str]], golds: Sequence[str], k: int | None = None) -> list[dict[str, Any]]:
     """Per problem, from its sampled replies: pass@k (unbiased), maj@k (majority of the tagged
     answers is right) and pass@1 (share of correct samples) (part 07)."""
-    from course_utils import rewards
-
     if len(samples) != len(golds):
         raise ValueError(f"{len(samples)} sample lists but {len(golds)} gold answers")
     out = []
@@ -630,7 +360,7 @@ def sampled_scores(samples: Sequence[Sequence[str]], golds: Sequence[str], k: in
         answers = [rewards.extract_answer(r) if isinstance(r, str) else None for r in replies[:kk]]
         vote = majority_answer(answers)
         out.append({"pass_at_k": pass_at_k(n, sum(correct), kk),
-                    "maj_at_k": vote is not None and numbers_equal(vote, gold),
+                    "maj_at_k": vote is not None and rewards.answers_match(vote, gold),
                     "pass_at_1": sum(correct) / n, "k": kk, "n": n, "majority": vote,
                     "correct_samples": sum(correct)})
     return out

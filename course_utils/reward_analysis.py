@@ -34,7 +34,8 @@ from course_utils.rewards import (
     TAGS,
     VERBOSE_WORDS,
     RewardBreakdown,
-    _answers_match,
+    answers_match,
+    find_numbers,
     _overconfidence,
     _Reply,
     annealed_weights,
@@ -152,7 +153,7 @@ class RewardDebugger:
         if ground_truth is None:
             return found
         gold = gold_value(ground_truth)
-        correct = _answers_match(reply.answer, ground_truth)
+        correct = answers_match(reply.answer, ground_truth)
         if block is not None and parse_number(reply.answer or "") is not None and not correct:
             found.append(f"the answer {reply.answer} is wrong (gold {gold})")
         if not correct and _mentions(reply.text.replace(block or "\0", " "), gold):
@@ -193,9 +194,7 @@ def _count_numbers(text: str) -> int:
 
 
 def _mentions(text: str, gold: str) -> bool:
-    from course_utils.rewards import _TRACE_NUMBER, _num_key
-
-    return any(_num_key(t) == gold for t in _TRACE_NUMBER.findall(text[-20_000:]))
+    return gold in find_numbers(text[-20_000:])
 
 
 # --------------------------------------------------------------------------------------------

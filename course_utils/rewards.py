@@ -32,7 +32,7 @@ import math
 import re
 import threading
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from course_utils.data import (
     DIFFICULTIES,
@@ -223,7 +223,7 @@ class _Trace:
             tainted |= made_up
             invalid += bad
             equations += [(i, rhs) for rhs in results]
-            numbers = {_num_key(t) for t in _TRACE_NUMBER.findall(content)}
+            numbers = set(find_numbers(content))
             if known is not None:  # numbers stated in a step may be used later, unless made up
                 known.update(n.lstrip("-") for n in numbers if n.lstrip("-") not in tainted)
             restated = len(content) >= 20 and " ".join(content.lower().split()) in question_key
@@ -299,34 +299,72 @@ def _unit_equations(text: str, known: set[str] | None, budget: list[int],
     results: list[str] = []
     made_up: set[str] = set()
     invalid = 0
+    for lhs, rhs, ok in _equations(text, budget):
+        if not ok:
+            invalid += 1
+            continue
+        result = _num_key(rhs.rstrip("%"))
+        if known is None:
+            results.append(result)
+            continue
+        operands = [_num_key(t.rstrip("%")).lstrip("-") for t in lhs if t[-1].isdigit() or t[-1] == "%"]
+        unknown = [o for o in operands if o not in known and o not in _CONSTANTS]
+        # one unknown operand beside known ones is a fact the writer knows (26 letters, 50
+        # states); two or more, or one from a made-up equation, is made up
+        if not unknown or (len(unknown) == 1 and len(operands) > 1 and unknown[0] not in tainted
+                           and unknown[0] not in made_up):
+            results.append(result)
+            known.add(result.lstrip("-"))
+        else:
+            made_up.update(operands + [result.lstrip("-")])
+    return results, invalid, made_up
+
+
+def _equations(text: str, budget: list[int] | None = None) -> Iterator[tuple[list[str], str, bool]]:
+    """Each ``a op b … = c`` of `text` as (left-side tokens, written result, holds?).
+
+    Each ``=`` is examined once, with a left side of at most 80 characters (linear time); with
+    `budget`, at most ``budget[0]`` of them (the count is decremented)."""
     pos, prev = text.find("="), 0
-    while pos >= 0 and budget[0] > 0:
-        budget[0] -= 1
+    while pos >= 0 and (budget is None or budget[0] > 0):
+        if budget is not None:
+            budget[0] -= 1
         r = _RHS.match(text, pos + 1)
         lhs = _left_side(text[max(prev, pos - 80):pos]) if r else None
         if lhs:
             value = _evaluate(lhs)
             if value is not None:
-                rhs = r.group(1)
-                if not _close(value, rhs):
-                    invalid += 1
-                elif known is None:
-                    results.append(_num_key(rhs.rstrip("%")))
-                else:
-                    operands = [_num_key(t.rstrip("%")).lstrip("-") for t in lhs if t[-1].isdigit() or t[-1] == "%"]
-                    result = _num_key(rhs.rstrip("%"))
-                    unknown = [o for o in operands if o not in known and o not in _CONSTANTS]
-                    # one unknown operand beside known ones is a fact the writer knows (26 letters,
-                    # 50 states); two or more, or one from a made-up equation, is made up
-                    if not unknown or (len(unknown) == 1 and len(operands) > 1 and unknown[0] not in tainted
-                                       and unknown[0] not in made_up):
-                        results.append(result)
-                        known.add(result.lstrip("-"))
-                    else:
-                        made_up.update(operands + [result.lstrip("-")])
+                yield lhs, r.group(1), _close(value, r.group(1))
             prev = r.end()
         pos = text.find("=", pos + 1)
-    return results, invalid, made_up
+
+
+@dataclasses.dataclass(frozen=True)
+class Calculation:
+    """One written calculation ``left = result`` and whether it holds (parts 03 and 07)."""
+
+    text: str
+    ok: bool
+
+
+def check_arithmetic(text: Any) -> list[Calculation]:
+    """Every written calculation ``a op b … = c`` in `text`, with its truth (parts 03 and 07).
+
+    The one arithmetic checker of the course: the coherence reward counts these, evaluation's
+    ``wrong_arithmetic`` category reads them. Precedence and parentheses are honoured, unit
+    words are skipped (``16 feet * 12 feet = 192``), ``15%`` is 0.15, algebra (``2S + 4S``) and
+    division by zero are not judged. A written decimal must be the value rounded to the
+    decimals shown: ``10/3 = 3.33`` holds, ``2/3 = 0.66`` does not (0.67). Nothing is passed to
+    ``eval``."""
+    if not isinstance(text, str):
+        return []
+    return [Calculation(f"{' '.join(lhs)} = {rhs}", ok) for lhs, rhs, ok in _equations(text)]
+
+
+def find_numbers(text: Any) -> list[str]:
+    """Every number written in `text`, normalised (``"$1,080.50"`` → ``"1080.5"``), in order: the
+    numbers the coherence reward reads in a trace, and evaluation's lenient answer (the last)."""
+    return [_num_key(t) for t in _TRACE_NUMBER.findall(text)] if isinstance(text, str) else []
 
 
 def _close(value: float, text: str) -> bool:
@@ -520,7 +558,9 @@ def gold_value(ground_truth: Any) -> str:
     return _gold(_gold_text(ground_truth))[0]
 
 
-def _answers_match(pred: str | None, ground_truth: Any) -> bool:
+def answers_match(pred: str | None, ground_truth: Any) -> bool:
+    """True when the answer `pred` (normalised text) equals the gold (part 03): numbers exactly as
+    fractions, other short answers through math-verify. The one answer checker of the course."""
     if pred is None:
         return False
     gold, gold_num = _gold(_gold_text(ground_truth))
@@ -563,7 +603,7 @@ def is_correct(response: Any, ground_truth: Any) -> bool:
     ``#### 72``. Numbers compare exactly as fractions (``"72.0"`` = ``"72"``, ``"0.5"`` = ``"1/2"``);
     other short answers go through math-verify.
     """
-    return _answers_match(_Reply(response).answer, ground_truth)
+    return answers_match(_Reply(response).answer, ground_truth)
 
 
 # --------------------------------------------------------------------------------------------
@@ -667,7 +707,7 @@ def correctness_reward(response: Any, ground_truth: Any, difficulty: str | None 
     answer 0.7. A wrong answer (0) can never outscore a right one (≥ 0.7).
     """
     reply = _Reply(response, question)
-    correct = _answers_match(reply.answer, ground_truth)
+    correct = answers_match(reply.answer, ground_truth)
     return _correctness(reply, correct, _difficulty(difficulty, ground_truth))
 
 
@@ -680,7 +720,7 @@ def calibration_reward(response: Any, ground_truth: Any) -> float:
     """1, except for a wrong answer worded over-confidently ("definitely", "I am sure", "100%
     certain"…): 0.5 for one such phrase, 0 for two or more (part 03)."""
     reply = _Reply(response)
-    return _calibration(reply, _answers_match(reply.answer, ground_truth))
+    return _calibration(reply, answers_match(reply.answer, ground_truth))
 
 
 def verbosity(response: Any) -> float:
@@ -811,7 +851,7 @@ class RewardBreakdown:
 
 def _score(reply: _Reply, ground_truth: Any, weights: dict[str, float], penalty: float,
            difficulty: str | None) -> RewardBreakdown:
-    correct = _answers_match(reply.answer, ground_truth)
+    correct = answers_match(reply.answer, ground_truth)
     components = {
         "format": _format(reply),
         "coherence": _coherence(reply, difficulty),

@@ -107,8 +107,10 @@ for reply in (good, chatty):
 # set-up is).
 
 # %%
+from course_utils.rewards import check_arithmetic  # the checker the coherence reward uses
+
 for text in ("48 / 2 = 24 and 48 + 24 = 72", "3 x 4 = 13, then 2 + 3 * 4 = 14", "10 / 3 = 3.33"):
-    print(f"{text!r:40} ->", [(c.text, "ok" if c.ok else "WRONG") for c in ev.check_arithmetic(text)])
+    print(f"{text!r:40} ->", [(c.text, "ok" if c.ok else "WRONG") for c in check_arithmetic(text)])
 bad = "<reasoning>48 / 2 = 25, so 48 + 25 = 73.</reasoning><answer>73</answer>"
 print("category:", ev.score_reply(bad, "72", config=config)["error"])
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,48 +17,51 @@ from course_utils.config import TrainingConfig
 GOOD = "<reasoning>Natalia sold 48/2 = 24 clips in May.\n48 + 24 = 72 clips in total.</reasoning>\n<answer>72</answer>"
 
 
-# --- numbers -----------------------------------------------------------------------------------------
+# --- numbers and arithmetic: part 03's parser and checker, one answer everywhere ------------------
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("I have $1,234.50 and 3 apples", ["1234.50", "3"]),
+    ("I have $1,234.50 and 3 apples", ["1234.5", "3"]),
     ("5-3=2", ["5", "3", "2"]),
     ("so x = -7.", ["-7"]),
     ("-4 degrees", ["-4"]),
     ("temp-5", ["5"]),
-    ("half is .5 and 1,2 is a list", ["0.5", "1", "2"]),
+    ("1,2 is a list", ["1", "2"]),
     ("1,2345 is not grouped", ["1", "2345"]),
     ("12,345,678 people", ["12345678"]),
-    ("version 1.2.3", ["1.2", "3"]),
+    ("version 1.2.3", ["1.2"]),
     ("50% off, 3/4 left", ["50", "3", "4"]),
     ("no digits here", []),
     ("", []),
 ])
-def test_extract_numbers(text, expected):
-    assert ev.extract_numbers(text) == expected
+def test_find_numbers(text, expected):
+    from course_utils.rewards import find_numbers
+
+    assert find_numbers(text) == expected
 
 
-def test_extract_numbers_handles_any_input_in_one_pass():
-    assert ev.extract_numbers(None) == [] and ev.last_number(12) is None
-    # Inputs that make backtracking regexes explode; a linear scan returns promptly and correctly.
+def test_last_number_handles_any_input_in_one_pass():
+    from course_utils.rewards import find_numbers
+
+    assert find_numbers(None) == [] and ev.last_number(12) is None
+    # Inputs that make backtracking regexes explode return promptly and correctly.
     digits = "1" * 200_000
-    assert ev.extract_numbers(digits) == [digits]
+    assert find_numbers(digits) == [digits]
     commas = "1" + ",111" * 50_000 + "1"
-    assert ev.extract_numbers(commas)[-1] == "1111"
+    assert ev.last_number(commas) == "1111"
     mixed = "-1." * 100_000
-    assert len(ev.extract_numbers(mixed)) == 100_000
+    assert len(find_numbers(mixed)) == 100_000
     assert ev.last_number("the answer is 42. Done") == "42"
 
 
-def test_numbers_equal_and_tolerance():
-    assert ev.numbers_equal("18.00", "18") and ev.numbers_equal("1,080", 1080) and ev.numbers_equal("0.5", "1/2")
-    assert not ev.numbers_equal("18", "19") and not ev.numbers_equal(None, "1") and not ev.numbers_equal("x", "x")
+def test_answers_match_and_tolerance():
+    from course_utils.rewards import answers_match
+
+    assert answers_match("18.00", "18") and answers_match("1,080", 1080) and answers_match("0.5", "1/2")
+    assert not answers_match("18", "19") and not answers_match(None, "1")
     assert ev.within_tolerance("99", "100") and ev.within_tolerance("110", "100")
     assert not ev.within_tolerance("111", "100") and not ev.within_tolerance("-100", "100")
     assert ev.within_tolerance("0", "0") and not ev.within_tolerance("0.01", "0")
-
-
-# --- arithmetic ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("text, verdicts", [
@@ -67,25 +69,38 @@ def test_numbers_equal_and_tolerance():
     ("3 + 4 = 8", [False]),
     ("2 + 3 * 4 = 14", [True]),           # precedence: not (2 + 3) * 4
     ("2 + 3 + 4 = 9", [True]),            # the whole chain, not just 3 + 4
+    ("(2 + 3) * 4 = 20", [True]),
     ("3 x 4 = 12 and 3 × 5 = 16", [True, False]),
-    ("10/3 = 3.33, 2/3 = 0.66", [True, True]),  # rounded or cut to the decimals written
+    ("10/3 = 3.33, 2/3 = 0.67", [True, True]),  # rounded to the decimals written
     ("10/3 = 3.4", [False]),
     ("7 - -2 = 9", [True]),
     ("$3 * $4 = $12", [True]),
     ("5 * 6 = 30 = 31", [True]),           # "30 = 31" has no operator: not judged
     ("<<5*6=31>>31", [False]),
-    ("20% * 50 = 10", []),                 # percentages are not judged
-    ("5 / 0 = 1", []),                     # nor division by zero
-    ("3 apples + 4 = 7", []),              # words break a calculation
+    ("20% * 50 = 10", [True]),             # a percentage is a fraction
+    ("5 / 0 = 1", []),                     # division by zero is not judged
+    ("3 apples + 4 = 7", [True]),          # unit words are skipped
+    ("S + 2S = 3S = 12", []),              # algebra is not arithmetic
     ("x = 5", []),
 ])
 def test_check_arithmetic(text, verdicts):
-    assert [c.ok for c in ev.check_arithmetic(text)] == verdicts
+    from course_utils.rewards import check_arithmetic
+
+    assert [c.ok for c in check_arithmetic(text)] == verdicts
 
 
-def test_check_arithmetic_values_are_exact():
-    (calc,) = ev.check_arithmetic("1/3 + 1/6 = 0.5")
-    assert calc.left == Fraction(1, 2) and calc.ok and calc.text == "1/3 + 1/6 = 0.5"
+def test_two_thirds_is_not_0_66_anywhere():
+    """One checker: `2/3 = 0.66` (0.666… cut, not rounded) is wrong to the reward that training
+    pays, to the arithmetic check, and to evaluation's error analysis."""
+    from course_utils.rewards import _Reply, check_arithmetic
+
+    reply = "<reasoning>Each gets 2/3 = 0.66 of a pie.</reasoning><answer>0.66</answer>"
+    assert [(c.text, c.ok) for c in check_arithmetic(reply)] == [("2 / 3 = 0.66", False)]
+    assert (_Reply(reply).trace.valid, _Reply(reply).trace.invalid) == (0, 1)
+    row = ev.score_reply(reply, "0.67")
+    assert row["error"] == "wrong_arithmetic" and row["wrong_calculations"] == ["2 / 3 = 0.66"]
+    right = reply.replace("0.66", "0.67")
+    assert _Reply(right).trace.invalid == 0 and ev.score_reply(right, "0.67")["error"] == "correct"
 
 
 # --- one reply -------------------------------------------------------------------------------------------
