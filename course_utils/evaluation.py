@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import scipy.stats
+from tqdm.auto import tqdm
 
 from course_utils import rewards
 from course_utils.data import parse_number
@@ -232,57 +234,42 @@ def error_breakdown(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 # ================================================================================================
 
 
-def _as_matrix(values: Any) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[:, None]
-    if array.ndim != 2:
-        raise ValueError(f"values must be 1-D (n,) or 2-D (n, metrics), got shape {array.shape}")
-    return array
-
-
-def _resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """How often each of n items is drawn in each bootstrap resample: (n_resamples, n)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
-
-
-def bootstrap_ci(values: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
-                 seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of `values` and its percentile-bootstrap interval (part 07).
-
-    Vectorised: all resamples at once as a (resamples × n) count matrix times the values.
-    Seeded, so the same inputs always give the same interval. NaNs are dropped; no values give
-    (nan, nan, nan); one value gives a zero-width interval.
-    """
-    return bootstrap_many(values, n_resamples=n_resamples, confidence=confidence, seed=seed)[0]
-
-
-def bootstrap_many(values: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
-                   seed: int = 0) -> list[tuple[float, float, float]]:
-    """`bootstrap_ci` for each column of an (n, metrics) array, sharing the same resamples.
-    Rows holding a NaN in a column are left out of that column only."""
+def _bootstrap_means(values: np.ndarray, n_resamples: int, confidence: float, seed: int) -> Any:
+    """`scipy.stats.bootstrap` of the mean, percentile intervals, seeded: the same inputs always
+    give the same interval."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence} must be between 0 and 1, e.g. 0.95")
     if n_resamples < 1:
         raise ValueError(f"n_resamples={n_resamples} must be >= 1")
-    matrix = _as_matrix(values)
-    out = []
-    alpha = (1 - confidence) / 2
-    for column in matrix.T:
-        column = column[~np.isnan(column)]
-        n = column.size
-        if n == 0:
-            out.append((math.nan, math.nan, math.nan))
-            continue
-        mean = float(column.mean())
-        if n == 1:
-            out.append((mean, mean, mean))
-            continue
-        means = _resample_counts(n, n_resamples, seed) @ column / n
-        low, high = np.quantile(means, [alpha, 1 - alpha])
-        out.append((mean, float(min(low, mean)), float(max(high, mean))))
-    return out
+    return scipy.stats.bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                                 method="percentile", rng=np.random.default_rng(seed))
+
+
+def bootstrap_ci(values: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` and its percentile-bootstrap interval (part 07),
+    by `scipy.stats.bootstrap` with a seeded generator. NaNs are dropped; no values give
+    (nan, nan, nan); one value gives a zero-width interval."""
+    column = np.asarray(values, dtype=np.float64).ravel()
+    column = column[~np.isnan(column)]
+    if column.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(column.mean())
+    if column.size == 1:
+        return mean, mean, mean
+    ci = _bootstrap_means(column, n_resamples, confidence, seed).confidence_interval
+    return mean, float(min(ci.low, mean)), float(max(ci.high, mean))
+
+
+def bootstrap_many(values: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
+                   seed: int = 0) -> list[tuple[float, float, float]]:
+    """`bootstrap_ci` for each column of an (n, metrics) array; a row holding a NaN in a column
+    is left out of that column only."""
+    matrix = np.asarray(values, dtype=np.float64)
+    matrix = matrix[:, None] if matrix.ndim == 1 else matrix
+    if matrix.ndim != 2:
+        raise ValueError(f"values must be 1-D (n,) or 2-D (n, metrics), got shape {matrix.shape}")
+    return [bootstrap_ci(column, n_resamples=n_resamples, confidence=confidence, seed=seed) for column in matrix.T]
 
 
 def paired_bootstrap(before: Any, after: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
@@ -299,17 +286,15 @@ def paired_bootstrap(before: Any, after: Any, *, n_resamples: int = 2000, confid
         raise ValueError(f"before and after must be 1-D scores of the same problems, got shapes {x.shape} and {y.shape}")
     keep = ~(np.isnan(x) | np.isnan(y))
     d = y[keep] - x[keep]
-    n = d.size
-    if n == 0:
+    if d.size == 0:
         return {"difference": math.nan, "low": math.nan, "high": math.nan, "p_not_better": math.nan, "n": 0}
     diff = float(d.mean())
-    if n == 1:
+    if d.size == 1:
         return {"difference": diff, "low": diff, "high": diff, "p_not_better": float(diff <= 0), "n": 1}
-    means = _resample_counts(n, n_resamples, seed) @ d / n
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return {"difference": diff, "low": float(min(low, diff)), "high": float(max(high, diff)),
-            "p_not_better": float(np.mean(means <= 0)), "n": int(n)}
+    result = _bootstrap_means(d, n_resamples, confidence, seed)
+    ci = result.confidence_interval
+    return {"difference": diff, "low": float(min(ci.low, diff)), "high": float(max(ci.high, diff)),
+            "p_not_better": float(np.mean(result.bootstrap_distribution <= 0)), "n": int(d.size)}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -474,18 +459,6 @@ def _unpack(loaded_or_model: Any, tokenizer: Any, model_config: Any) -> tuple[An
     return loaded_or_model, tokenizer, model_config
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    try:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-    except ImportError:  # pragma: no cover - tqdm is pinned
-        class _Null:
-            def update(self, n: int) -> None: ...
-            def close(self) -> None: ...
-        return _Null()
-
-
 def generate_replies(model: Any, tokenizer: Any, model_config: Any, prompts: Sequence[str], config: Any, *,
                      greedy: bool = True, seed: int = 0, batch_size: int | None = None,
                      max_new_tokens: int | None = None, desc: str = "generating", progress: bool = True) -> list[str]:
@@ -503,7 +476,7 @@ def generate_replies(model: Any, tokenizer: Any, model_config: Any, prompts: Seq
     counts = prompt_token_counts(tokenizer, list(prompts))
     order = sorted(range(len(prompts)), key=lambda i: counts[i])
     out: list[str] = [""] * len(prompts)
-    bar = _progress(len(prompts), desc, progress)
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     try:
         for b, start in enumerate(range(0, len(order), size)):
             ids = order[start:start + size]
@@ -517,9 +490,12 @@ def generate_replies(model: Any, tokenizer: Any, model_config: Any, prompts: Seq
     return out
 
 
-def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
-    """Tokens per text, re-tokenised without BOS (a reply's length as the model wrote it, ±1)."""
-    return [len(tokenizer.encode(t)) if t else 0 for t in texts]
+def token_counts(tokenizer: Any, texts: Sequence[str], limit: int | None = None) -> list[int]:
+    """Tokens per reply, re-tokenised without BOS, capped at `limit` (a reply decodes to text that
+    can encode a token or two longer; it never had more than the limit): the length
+    `is_truncated` reads, in GRPO's step metrics, in evaluation and in prompt filtering alike."""
+    counts = [len(tokenizer.encode(t)) if t else 0 for t in texts]
+    return counts if limit is None else [min(n, limit) for n in counts]
 
 
 def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: Any = None,
@@ -561,9 +537,7 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
         replies = [r["response"] for r in saved.rows]
         print(f"{name}: reusing {len(replies)} saved greedy replies")
         greedy_seconds = float(saved.settings.get("seconds_greedy") or 0.0)
-    # Re-tokenised lengths can exceed what was generated (a reply decodes to text that encodes
-    # differently); a reply never has more than `limit` tokens.
-    counts = [min(n, limit) for n in token_counts(tokenizer, replies)]
+    counts = token_counts(tokenizer, replies, limit)
     samples = None
     sampled_seconds = 0.0
     if sampled_examples is None:

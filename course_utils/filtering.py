@@ -117,7 +117,7 @@ def score_samples(example: Any, replies: Sequence[str], tokenizer: Any, config: 
     from course_utils.evaluation import score_reply, token_counts
 
     limit = config.max_generation_length
-    counts = [min(n, limit) for n in token_counts(tokenizer, list(replies))]
+    counts = token_counts(tokenizer, list(replies), limit)
     rows = [score_reply(r, str(example.answer), config=config, difficulty=getattr(example, "difficulty", None),
                         n_tokens=n, max_new_tokens=limit) for r, n in zip(replies, counts)]
     return PassRate(example.question, str(example.answer), getattr(example, "difficulty", None),
@@ -155,9 +155,9 @@ def measure_pass_rates(model: Any, tokenizer: Any, model_config: Any, examples: 
     if todo:
         print(f"{name}: sampling {k} replies for {len(todo)} prompts ({len(done)} cached) → {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    from course_utils.evaluation import _progress
+    from tqdm.auto import tqdm
 
-    bar = _progress(len(todo), f"{name}: pass rates", progress)
+    bar = tqdm(total=len(todo), desc=f"{name}: pass rates", disable=not progress, leave=False)
     try:
         for chunk in batches:
             prompts = [build_prompt(e.question) for e in chunk for _ in range(k)]

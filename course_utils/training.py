@@ -808,7 +808,7 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
     rate, reward weights, batch index. `show`, if
     given, receives the step's reward (and accuracy) for the progress bar.
     """
-    from course_utils.evaluation import is_truncated
+    from course_utils.evaluation import is_truncated, token_counts
 
     tok = _tokenizer_adapter(tokenizer)
 
@@ -821,7 +821,7 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
             "course/zero_advantage_frac": (float(np.mean(np.ptp(grouped, axis=1) < 1e-9)), np.mean),
         }
         limit = config.max_generation_length
-        lengths = [min(len(tok.encode(c)), limit) for c in completions]
+        lengths = token_counts(tok, completions, limit)
         out["course/truncation_rate"] = (
             float(np.mean([is_truncated(c, n, limit) for c, n in zip(completions, lengths)])), np.mean)
         last = getattr(reward_fns[0], "last_breakdowns", None) if reward_fns else None
