@@ -932,7 +932,7 @@ def find_checkpoint(run_dir: str | os.PathLike, stage: str, *, search_kaggle_inp
     for root in roots:
         info = latest_checkpoint(root)
         if info is not None:
-            return TrainedCheckpoint(stage, info.step, info.path / info.items["params"])
+            return TrainedCheckpoint(stage, info.step, info.params_path)
     return None
 
 

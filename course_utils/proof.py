@@ -79,13 +79,13 @@ def _copy_sft(source: Path, run: Path) -> None:
 
 def _restore(actor: Any, run: Path, stage: str) -> str:
     """Load the newest `stage` checkpoint of `run` into the actor; returns its name for caches."""
-    from course_utils.evaluation import find_checkpoint, restore_lora_params
+    from course_utils.checkpoints import restore_lora
+    from course_utils.training import checkpoint_dir
 
-    found = find_checkpoint(run, stage, search_kaggle_inputs=False)
-    if found is None:
+    step = restore_lora(actor, checkpoint_dir(run, stage))
+    if step == 0:
         raise FileNotFoundError(f"no {stage} checkpoint in {run}")
-    restore_lora_params(actor, found.path)
-    return f"{stage} step {found.step}"
+    return f"{stage} step {step}"
 
 
 def _gain_row(label: str, before: Sequence[Any], after: Sequence[Any] | None, seed: int) -> dict[str, Any]:

@@ -365,7 +365,7 @@ def test_find_checkpoint_prefers_the_newest_complete_step(tmp_path):
     assert ev.find_checkpoint(tmp_path, "sft", search_kaggle_inputs=False) is None
     _fake_step(tmp_path / "checkpoints" / "sft", 2)
     _fake_step(tmp_path / "checkpoints" / "sft", 10)
-    (tmp_path / "checkpoints" / "sft" / "20" / "model_params").mkdir(parents=True)  # no metadata: a killed save
+    (tmp_path / "checkpoints" / "sft" / "20.orbax-checkpoint-tmp-0" / "model_params").mkdir(parents=True)  # killed save
     found = ev.find_checkpoint(tmp_path, "sft", search_kaggle_inputs=False)
     assert found.step == 10 and found.path.name == "model_params"
     _fake_step(tmp_path / "checkpoints" / "grpo" / "actor", 4)  # RLCluster keeps the policy under actor/
