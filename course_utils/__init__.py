@@ -8,9 +8,10 @@ One flat module per job, named after the part that introduces it:
 - part 04: `model`, `tokenizer`, `lora`, `generate`, `memory`;
 - part 05: `reward_analysis` (RewardAnalyzer, RewardDebugger);
 - part 06: `training` (SFT + GRPO), `checkpoints`, `metrics`, `plots`;
-- part 07: `evaluation`; part 08: `export`;
-- tooling: `notebooks` (pairing), `run_course` (the main job), `kaggle_job` (the TPU run),
-  `bench_*` (benchmarks that print figures).
+- part 07: `evaluation`; part 08: `export`.
+
+The tooling (the main job, the Kaggle job, notebook pairing, benchmarks) lives in the
+repository's top-level `tools/` folder, not in this package.
 """
 
 __version__ = "0.1.0"

@@ -306,7 +306,7 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
         # G = 8: a group carries a correctness signal with probability 1 − pᴳ − (1 − p)ᴳ:
         # 0.83 at p = 0.2 with G = 8, 0.59 with G = 4.
         num_generations=8,
-        # Memory (python -m course_utils.rehearse: XLA's compiled memory analysis of Tunix's train
+        # Memory (python -m tools.rehearse: XLA's compiled memory analysis of Tunix's train
         # step for Gemma 3 1B in bf16 on 8 simulated CPU devices, mesh (2, 4)): a micro batch of
         # 16 sequences of 256 + 512 tokens (4 prompts × G = 4) needs 15.76 GiB per device, 16.00
         # GiB with β > 0's reference copy: all of a 16 GiB v5e chip. One prompt's G = 8 sequences
@@ -558,6 +558,16 @@ def _validate(c: TrainingConfig) -> None:
 
 
 CONFIG_FILE = "config.json"
+GSM8K_TEST_SIZE = 1319
+
+# ASSUMED, not measured: no TPU was available while writing this. Replace with figures from a
+# real run (e.g. seconds per step from part 06's metrics) via `measured=` / `estimate --grpo-step`.
+ASSUMED_SECONDS = {
+    "grpo_step": 15.0,  # v5e-8: G × global_batch_size rollouts of ≤ 512 tokens + policy/ref passes
+    "sft_step": 1.0,  # v5e-8: LoRA step on sft_batch_size × sft_max_length tokens
+    "eval_batch": 12.0,  # v5e-8: one batch of eval_batch_size prompts, ≤ 512 new tokens
+    "notebook_overhead": 600.0,  # per session: TPU VM start, pip installs, model load, compiles
+}
 
 
 def load_run_config(profile: str | None = None, **overrides: Any) -> TrainingConfig:

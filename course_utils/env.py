@@ -213,7 +213,7 @@ def choose_mesh_shape(n_devices: int, model_config: Any) -> tuple[int, int]:
     4, (1, 1) on 1.
 
     Why tp first: `tp` splits the logits over the vocabulary, the largest activation of a GRPO
-    step, while `fsdp` splits only the weights (`python -m course_utils.rehearse --compare-meshes`
+    step, while `fsdp` splits only the weights (`python -m tools.rehearse --compare-meshes`
     measures the candidates' per-device memory). The official Tunix Gemma 3 1B config uses (2, 4).
     """
     if n_devices < 1:

@@ -10,7 +10,7 @@
 * the temporaries of the policy update of one micro batch (`micro_batch_size × G` sequences):
   logits over the vocabulary (the kept vocabulary with `vocab_trim`), activations, gradients
   and gathered weights, from a formula fitted to XLA's compiled memory analysis of Tunix's real
-  train step (`python -m course_utils.rehearse` measures it at full size).
+  train step (`python -m tools.rehearse` measures it at full size).
 
 The rollouts' KV cache and the update's temporaries are not live at once, so the total
 over-counts a little; the runtime itself comes on top. The fit is CPU XLA's buffer assignment on
@@ -83,7 +83,7 @@ def _weight_counts(model_config: Any, mesh_shape: tuple[int, int]) -> tuple[int,
 
 
 # The update's temporaries per device, fitted (least squares on relative error, non-negative) to
-# XLA's compiled memory analysis of Tunix's real train step (course_utils.rehearse:
+# XLA's compiled memory analysis of Tunix's real train step (tools.rehearse:
 # PeftTrainer._train_step under nnx.jit with the course's LoRA, loss and optimiser): 21 variants
 # of the tiny model (vocabulary 8k/32k, 2/6 layers, widths 64/256, 4/8 heads, 192/384 tokens,
 # 4-16 sequences, meshes (1, 1) and, on 8 simulated CPU devices, (2, 4), (4, 2), (8, 1), both GRPO

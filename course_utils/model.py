@@ -142,7 +142,7 @@ def architecture(model_config: Any) -> dict[str, Any]:
 def abstract_model(model_config: Any) -> Any:
     """Tunix's Gemma 3 for `model_config` as shapes only (`nnx.eval_shape`): nothing is allocated,
     so the 1B's FLOPs, weight counts, shardings and compiled memory come out on any CPU (parts 04,
-    06; kaggle_job, memory, rehearse). Under `jax.set_mesh(mesh)` its leaves carry their shardings."""
+    06; memory; tools.kaggle_job, tools.rehearse). Under `jax.set_mesh(mesh)` its leaves carry their shardings."""
     from flax import nnx
     from tunix.models.gemma3.model import Gemma3
 

@@ -230,11 +230,11 @@ def evaluation_minutes(config: TrainingConfig, run_dir: str | Path | None = None
 
     Measured where possible: scaled from this run's saved "sft" (else "baseline") evaluation
     (its greedy + sampled seconds, `evaluation.evaluate_model`), which part 06 makes before
-    training. Otherwise from the batch count and `kaggle_job.ASSUMED_SECONDS["eval_batch"]`,
+    training. Otherwise from the batch count and `config.ASSUMED_SECONDS["eval_batch"]`,
     an assumption for a TPU v5e-8 until a TPU run measures it.
     """
     from course_utils.evaluation import saved_result
-    from course_utils.kaggle_job import ASSUMED_SECONDS, GSM8K_TEST_SIZE
+    from course_utils.config import ASSUMED_SECONDS, GSM8K_TEST_SIZE
 
     n = examples or config.eval_examples or GSM8K_TEST_SIZE
     for name in ("sft", "baseline"):

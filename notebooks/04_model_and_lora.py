@@ -238,7 +238,7 @@ for row in parameter_counts_by_profile():
 # model (a second copy of the weights when β > 0, none at β = 0) and the temporaries of the
 # policy update of one micro batch: the logits over the vocabulary, the activations kept for
 # the backward pass and their gradients. That last row is a formula fitted to what XLA's
-# compiler reports for Tunix's real update (`python -m course_utils.rehearse` measures it for
+# compiler reports for Tunix's real update (`python -m tools.rehearse` measures it for
 # the 1B at full size): counting only one copy of the logits, as a first guess would, is 3–5×
 # too low. The runtime itself comes on top.
 

@@ -287,7 +287,7 @@ for metric in ("format", "strict"):
 # 2. Find `zero_advantage_frac` and `mixed_group_frac` in `metrics_grpo.csv`. What does a `zero_advantage_frac` of 1.0 mean for that step's update, and why can `mixed_group_frac` be 0 while `zero_advantage_frac` is not 1?
 # 3. Train once with `grpo_reference="base"` (in part 02's overrides). How do KL and format compliance behave compared with `"sft"`?
 # 4. Interrupt the GRPO cell, then run the notebook again. Which step does it continue from, and how can you tell no step ran twice?
-# 5. Run GRPO with `filter_prompts=True` (part 02's overrides). How many candidates were never solved, and how does `mixed_group_frac` compare with the unfiltered run? (`python -m course_utils.proof` measures the per-prompt effect with a control; see the README.)
+# 5. Run GRPO with `filter_prompts=True` (part 02's overrides). How many candidates were never solved, and how does `mixed_group_frac` compare with the unfiltered run? (`python -m tools.proof` measures the per-prompt effect with a control; see the README.)
 #
 # ## Further reading
 #

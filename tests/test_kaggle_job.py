@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from course_utils import kaggle_job, notebooks
+from tools import kaggle_job, notebooks
 from course_utils.config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +113,8 @@ def test_dry_run_writes_complete_metadata_for_every_notebook(nb_dir, tmp_path, c
         assert f"api.kernels_push('{folder}')" in printed
         assert f"api.kernels_status('{meta['id']}')" in printed
     assert kaggle_job.validate_dataset_folder(out / "dataset") == []
-    assert (out / "dataset" / "course_utils" / "kaggle_job.py").is_file()
+    assert (out / "dataset" / "course_utils" / "training.py").is_file()
+    assert not (out / "dataset" / "course_utils" / "kaggle_job.py").exists()  # tooling stays home
     # The API calls appear in course order.
     positions = [printed.index(f"kernels_push('{out / 'kernels' / n}')") for n in COURSE]
     assert positions == sorted(positions)
@@ -182,7 +183,7 @@ def test_command_line_dry_run_in_a_fresh_process(nb_dir, tmp_path):
     """`python -m` entry: no secret printed, and neither kaggle nor jax gets imported."""
     env = {**os.environ, "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": KEY, "HOME": str(tmp_path)}
     out = tmp_path / "out"
-    code = ("import sys; from course_utils import kaggle_job as k; "
+    code = ("import sys; from tools import kaggle_job as k; "
             f"rc = k.main(['run', '--dry-run', '--out', {str(out)!r}, '--notebook-dir', {str(nb_dir)!r}]); "
             "print('IMPORTED', 'kaggle' in sys.modules, 'jax' in sys.modules); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -492,7 +493,7 @@ def test_real_boundary_reads_kaggle_answers(tmp_path):
 
 REAL_PACKAGE_CHECK = """
 import io, json, sys, contextlib
-from course_utils import kaggle_job
+from tools import kaggle_job
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
     KaggleApi = kaggle_job.load_kaggle_api_class()
@@ -751,7 +752,7 @@ def test_tpu_workflow_runs_only_the_job_with_repository_secrets(monkeypatch):
     assert job["timeout-minutes"] <= 360 and float(job["env"]["COURSE_KAGGLE_MAX_WAIT_MINUTES"]) < job["timeout-minutes"]
     runs = [s["run"] for s in job["steps"] if "run" in s]
     assert runs == ["python -m pip install -r requirements.txt",
-                    "python -m course_utils.kaggle_job run --out kaggle-outputs"]
+                    "python -m tools.kaggle_job run --out kaggle-outputs"]
     args = kaggle_job.build_parser().parse_args(shlex.split(runs[1])[3:])
     assert (args.command, args.out, args.dry_run) == ("run", Path("kaggle-outputs"), False)
     # The dispatch inputs and the deadline reach the command through its environment defaults.

@@ -56,9 +56,9 @@ def test_table_follows_the_config():
 
 def test_update_estimate_matches_xlas_compiled_analysis_of_the_real_update():
     """The table's update temporaries against XLA's compiled memory analysis of the same update:
-    Tunix's train step (course_utils.rehearse) on the tiny model with the tpu profile's loss,
+    Tunix's train step (tools.rehearse) on the tiny model with the tpu profile's loss,
     LoRA and optimiser, at a shape the fit never saw. The old table (logits only) was 3-5× low."""
-    from course_utils import rehearse
+    from tools import rehearse
     from course_utils.model import model_mesh, tunix_model_config
 
     config = TrainingConfig.for_profile("tpu", model="tiny", micro_batch_size=2, max_prompt_length=96,

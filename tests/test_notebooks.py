@@ -14,8 +14,8 @@ import jupytext
 import nbformat
 import pytest
 
-from course_utils import notebooks
-from course_utils.run_course import select_parts
+from tools import notebooks
+from tools.run_course import select_parts
 
 PAIRS = notebooks.notebook_pairs()
 MAX_CELL_LINES = 40
@@ -70,7 +70,7 @@ def test_check_fails_on_outputs_and_missing_ipynb(tmp_path):
     nbformat.write(nb, ipynb)
     assert any("has outputs" in m for m in notebooks.problems(py, ipynb))
     ipynb.unlink()
-    assert notebooks.problems(py, ipynb) == [f"{ipynb.name} is missing: run `python -m course_utils.notebooks sync`"]
+    assert notebooks.problems(py, ipynb) == [f"{ipynb.name} is missing: run `python -m tools.notebooks sync`"]
 
 
 def test_check_fails_without_bootstrap_cell(tmp_path):
@@ -138,7 +138,7 @@ def test_notebook_runs_under_smoke_with_nbmake(ipynb, smoke_run_dir):
 
 @pytest.mark.parametrize("py", [py for py, _ in PAIRS], ids=lambda p: p.stem)
 def test_notebook_opens_with_kaggle_and_colab_links(py):
-    from course_utils.kaggle_job import badge_links
+    from tools.kaggle_job import badge_links
 
     first = jupytext.read(py).cells[0].source
     links = badge_links(py.stem)

@@ -1,11 +1,11 @@
-"""course_utils.proof: the whole before/after proof with a control, on the smoke profile (part 06)."""
+"""tools.proof: the whole before/after proof with a control, on the smoke profile (part 06)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from course_utils import proof
+from tools import proof
 
 
 def test_set_values_are_read_as_json_or_kept_as_text():

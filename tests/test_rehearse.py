@@ -1,4 +1,4 @@
-"""course_utils.rehearse (issue 12): the full-size rehearsal's command, run here on the tiny model
+"""tools.rehearse (issue 12): the full-size rehearsal's command, run here on the tiny model
 (same code path: 8 simulated devices in a subprocess, the course's mesh, LoRA, Tunix's own train
 step compiled from abstract shapes, then executed at cut lengths)."""
 
@@ -17,7 +17,7 @@ def _rehearse(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("COURSE_REHEARSE_CHILD", None)
     env.pop("XLA_FLAGS", None)  # the command sets the device count itself
-    return subprocess.run([sys.executable, "-m", "course_utils.rehearse", "--model", "tiny", *args],
+    return subprocess.run([sys.executable, "-m", "tools.rehearse", "--model", "tiny", *args],
                           env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 

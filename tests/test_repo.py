@@ -13,7 +13,7 @@ def _readme_commands() -> list[str]:
 
 def test_readme_has_exactly_two_setup_commands():
     commands = _readme_commands()[:2]
-    assert commands[0].endswith("-m course_utils.run_course")
+    assert commands[0].endswith("-m tools.run_course")
     assert commands[1].endswith("-m pytest")
     assert "requirements.txt" in commands[0] and "requirements.txt" in commands[1]
 
@@ -36,3 +36,30 @@ def test_requirements_are_exact_pins():
         if line:
             assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.\-+]*", line), line
             assert "git+" not in line
+
+
+def test_tooling_lives_outside_the_installed_package():
+    """`tools/` is run from the repository root, never installed, and the library never imports it."""
+    import ast
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["packages"] == ["course_utils"]
+    assert (ROOT / "tools" / "__init__.py").is_file()
+    for name in ("run_course", "kaggle_job", "notebooks", "rehearse", "proof", "bench_training"):
+        assert (ROOT / "tools" / f"{name}.py").is_file() and not (ROOT / "course_utils" / f"{name}.py").exists()
+    for module in sorted((ROOT / "course_utils").glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "tools" or n.startswith("tools.") for n in names), f"{module.name} imports {names}"
+
+
+def test_tools_run_as_modules_from_the_repository_root():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "tools.notebooks", "check"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from course_utils.run_course import PeakMemory, peak_rss_bytes
+from tools.run_course import PeakMemory, peak_rss_bytes
 
 
 def test_peak_memory_sees_a_child_that_allocates_and_frees():
@@ -18,7 +18,7 @@ def test_peak_memory_sees_a_child_that_allocates_and_frees():
 
 FORK_WITHOUT_EXEC = """
 import os, sys, time
-from course_utils.run_course import PeakMemory
+from tools.run_course import PeakMemory
 big = bytearray(1 << 30)
 big[::4096] = b"\\1" * (1 << 18)  # touch every page: this process is ~1 GiB resident
 with PeakMemory(interval=0.05) as memory:

@@ -387,7 +387,7 @@ def test_reserve_keeps_minutes_of_the_budget_for_what_follows():
 
 def test_evaluation_minutes_are_scaled_from_this_runs_saved_evaluation(tmp_path):
     from course_utils.evaluation import evaluate_responses, save_results
-    from course_utils.kaggle_job import ASSUMED_SECONDS
+    from course_utils.config import ASSUMED_SECONDS
 
     config = dataclasses.replace(SMOKE, eval_examples=40, eval_batch_size=4, eval_samples_k=2, eval_sampled_examples=8)
     assumed = training.evaluation_minutes(config, tmp_path)  # nothing saved yet: the assumed TPU figure

@@ -1,6 +1,6 @@
 """Export figures for the README and part 08: time per form and logit agreement (part 08).
 
-    python -m course_utils.bench_export [--profile cpu] [--out /tmp/bench_export]
+    python -m tools.bench_export [--profile cpu] [--out /tmp/bench_export]
 
 Loads the profile's model, gives its LoRA matrices random values (so the merge matters),
 exports every form, then prints: seconds and size per form, and the largest logit difference

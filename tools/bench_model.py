@@ -1,9 +1,9 @@
 """Benchmark of the cpu model (part 04): load time, greedy tokens/s at batch 8, peak memory.
 
-    python -m course_utils.bench_model                 # warm load (conversion cached)
-    python -m course_utils.bench_model --cold          # convert again into a fresh cache folder
-    python -m course_utils.bench_model --profile smoke --dtype bfloat16
-    python -m course_utils.bench_model --compare --rounds 2   # full vs trimmed vocabulary
+    python -m tools.bench_model                 # warm load (conversion cached)
+    python -m tools.bench_model --cold          # convert again into a fresh cache folder
+    python -m tools.bench_model --profile smoke --dtype bfloat16
+    python -m tools.bench_model --compare --rounds 2   # full vs trimmed vocabulary
 
 Prompts are 128 tokens and 128 new tokens are generated greedily through Tunix's Sampler with
 a KV cache; the first call (which compiles) is timed apart from the next ones. Tokens/s is
@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.compare:
-        from course_utils.bench_training import compare
+        from tools.bench_training import compare
 
         passed = ["--profile", args.profile, "--batch", str(args.batch), "--prompt-tokens", str(args.prompt_tokens),
                   "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
         passed += ["--dtype", args.dtype] if args.dtype else []
-        table = compare("course_utils.bench_model", passed, args.rounds, {
+        table = compare("tools.bench_model", passed, args.rounds, {
             "tokens_per_second": ("greedy tokens/s", "rate"),
             "first_call_seconds": ("first call, compiling (s)", "time"),
             "load_seconds": ("load (s)", "time"), "peak_rss_gb": ("peak RSS (GB)", "time")})

@@ -1,8 +1,8 @@
 """Run the whole course: execute every notebook in order under one profile (the main job).
 
-    python -m course_utils.run_course                  # cpu profile: real Gemma 3 270M, offline
-    python -m course_utils.run_course --profile smoke  # seconds, tiny random model
-    python -m course_utils.run_course --parts 01,02    # only some parts
+    python -m tools.run_course                  # cpu profile: real Gemma 3 270M, offline
+    python -m tools.run_course --profile smoke  # seconds, tiny random model
+    python -m tools.run_course --parts 01,02    # only some parts
 
 Executed copies (with outputs) go to `<run dir>/executed/`, timings and each part's peak resident
 memory (the kernel's high-water mark, read from /proc on Linux) to `<run dir>/run_course.json`; the run
@@ -23,7 +23,7 @@ import nbformat
 import psutil  # an ipykernel dependency
 
 from course_utils.config import PROFILES
-from course_utils.notebooks import NOTEBOOK_DIR, notebook_pairs
+from tools.notebooks import NOTEBOOK_DIR, notebook_pairs
 
 
 def select_parts(parts: str | None, directory: Path = NOTEBOOK_DIR) -> list[Path]:

@@ -1,9 +1,9 @@
 """Full-size rehearsal of the `tpu` profile on 8 simulated CPU devices (part 06, issue 12).
 
-    python -m course_utils.rehearse                    # compile at full size, then run at cut lengths
-    python -m course_utils.rehearse --compile-only     # only XLA's compiled memory analysis
-    python -m course_utils.rehearse --micro-batch 2    # another micro batch than the profile's
-    python -m course_utils.rehearse --compare-meshes   # the GRPO update on every mesh 8 devices allow
+    python -m tools.rehearse                    # compile at full size, then run at cut lengths
+    python -m tools.rehearse --compile-only     # only XLA's compiled memory analysis
+    python -m tools.rehearse --micro-batch 2    # another micro batch than the profile's
+    python -m tools.rehearse --compare-meshes   # the GRPO update on every mesh 8 devices allow
 
 It builds the real Gemma 3 1B architecture (Tunix's `ModelConfig.gemma3_1b_it`) at random
 initialisation in the profile's dtype, on the mesh the course picks for 8 devices
@@ -304,7 +304,7 @@ def _child_env() -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m course_utils.rehearse", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.rehearse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="tpu", help="the profile rehearsed (default %(default)s)")
     parser.add_argument("--model", default=None, help="another model than the profile's (e.g. tiny, for a quick check)")
@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if os.environ.get("COURSE_REHEARSE_CHILD") != "1":  # JAX must see 8 devices from its start
-        return subprocess.run([sys.executable, "-m", "course_utils.rehearse", *argv], env=_child_env()).returncode
+        return subprocess.run([sys.executable, "-m", "tools.rehearse", *argv], env=_child_env(),
+                              cwd=Path(__file__).resolve().parent.parent).returncode
 
     import jax
 

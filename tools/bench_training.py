@@ -1,8 +1,8 @@
 """Benchmark GRPO on a profile: rollout tokens/s, seconds per step by phase, peak memory (part 06).
 
-    python -m course_utils.bench_training                 # cpu profile (real Gemma 3 270M), 4 steps
-    python -m course_utils.bench_training --profile smoke --steps 3 --sft-steps 2
-    python -m course_utils.bench_training --compare --rounds 2   # today's path vs the trimmed one
+    python -m tools.bench_training                 # cpu profile (real Gemma 3 270M), 4 steps
+    python -m tools.bench_training --profile smoke --steps 3 --sft-steps 2
+    python -m tools.bench_training --compare --rounds 2   # today's path vs the trimmed one
 
 `--variant full` runs the path without the speed-ups (full 262,144-row vocabulary, Tunix's own
 GRPO loss); `--variant trimmed` (default) the profile as configured (cpu: `vocab_trim`, the
@@ -74,7 +74,7 @@ def compare(module: str, argv: list[str], rounds: int, keys: dict[str, str]) -> 
                 out = Path(tmp) / f"{variant}-{round_}.json"
                 cmd = [sys.executable, "-m", module, *argv, "--variant", variant, "--json", str(out)]
                 print(f"round {round_ + 1}/{rounds}: {variant} ...", flush=True)
-                done = subprocess.run(cmd, capture_output=True, text=True)
+                done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
                 if done.returncode:  # e.g. -9: killed, out of memory; reported, not fatal
                     print(f"  {variant} failed with exit status {done.returncode} (-9: killed, e.g. out of memory):\n"
                           f"{done.stderr[-1500:]}", flush=True)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         passed = ["--profile", args.profile, "--steps", str(args.steps), "--sft-steps", str(args.sft_steps)]
         passed += ["--prompts", str(args.prompts)] if args.prompts else []
-        table = compare("course_utils.bench_training", passed, args.rounds, {
+        table = compare("tools.bench_training", passed, args.rounds, {
             "seconds_per_step": ("GRPO seconds per step", "time"),
             "rollout_seconds": ("  of which rollout (s)", "time"),
             "update_seconds": ("  of which log-probs + update (s)", "time"),

@@ -1,6 +1,6 @@
 """Does GRPO learn? A test with power: per-prompt pass rates before and after, and a control (part 06).
 
-`python -m course_utils.proof --profile cpu --run-dir runs/proof-cpu --k 8 --train-candidates 48
+`python -m tools.proof --profile cpu --run-dir runs/proof-cpu --k 8 --train-candidates 48
 --heldout-candidates 48 --grpo-steps 30 --set filter_difficulties=easy,medium`
 
 1. **sft** — SFT as part 06 runs it (continued from this run's checkpoint, or copied from

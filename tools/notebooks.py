@@ -1,8 +1,8 @@
 """Keep each `notebooks/NN_name.py` (source) and its generated `.ipynb` in step (tooling).
 
-    python -m course_utils.notebooks sync    # regenerate every .ipynb from its .py, no outputs
-    python -m course_utils.notebooks check   # exit 1 naming each pair that drifted
-    python -m course_utils.notebooks badges  # rewrite the Kaggle/Colab links under each title
+    python -m tools.notebooks sync    # regenerate every .ipynb from its .py, no outputs
+    python -m tools.notebooks check   # exit 1 naming each pair that drifted
+    python -m tools.notebooks badges  # rewrite the Kaggle/Colab links under each title
 
 Every notebook's first code cell is `BOOTSTRAP_CELL`, word for word, so each part opens on
 Kaggle or Colab as a single file (it pip-installs `COURSE_UTILS_URL` when `course_utils` is
@@ -60,18 +60,18 @@ def problems(py: Path, ipynb: Path) -> list[str]:
     """What is wrong with one pair: missing, out of sync, carrying outputs, wrong first cell."""
     found: list[str] = []
     if not ipynb.exists():
-        return [f"{ipynb.name} is missing: run `python -m course_utils.notebooks sync`"]
+        return [f"{ipynb.name} is missing: run `python -m tools.notebooks sync`"]
     source = render(py)
     generated = nbformat.read(ipynb, as_version=4)
     if _cells(source) != _cells(generated):
-        found.append(f"{ipynb.name} differs from {py.name}: run `python -m course_utils.notebooks sync`")
+        found.append(f"{ipynb.name} differs from {py.name}: run `python -m tools.notebooks sync`")
     for i, cell in enumerate(generated.cells):
         if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count")):
-            found.append(f"{ipynb.name} cell {i} has outputs: run `python -m course_utils.notebooks sync`")
+            found.append(f"{ipynb.name} cell {i} has outputs: run `python -m tools.notebooks sync`")
             break
     code = [c for c in source.cells if c.cell_type == "code"]
     if not code or code[0].source.strip() != BOOTSTRAP_CELL.strip():
-        found.append(f"{py.name}: the first code cell must be course_utils.notebooks.BOOTSTRAP_CELL")
+        found.append(f"{py.name}: the first code cell must be tools.notebooks.BOOTSTRAP_CELL")
     if not any("parameters" in c.metadata.get("tags", []) for c in code):
         found.append(f"{py.name}: no cell tagged `parameters`")
     return found
@@ -98,7 +98,7 @@ def sync(directory: Path = NOTEBOOK_DIR) -> list[Path]:
 def update_badges(directory: Path = NOTEBOOK_DIR) -> list[Path]:
     """Put the current "Open in Kaggle" / "Open in Colab" links (from `kaggle_job.GITHUB_REPO`)
     on the line under each notebook's title, in the .py sources; then run `sync`."""
-    from course_utils.kaggle_job import badge_links
+    from tools.kaggle_job import badge_links
 
     changed = []
     for py, _ in notebook_pairs(directory):

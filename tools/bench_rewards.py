@@ -1,4 +1,4 @@
-"""Reward scoring speed (part 03/05): ``python -m course_utils.bench_rewards [--n 20000]``.
+"""Reward scoring speed (part 03/05): ``python -m tools.bench_rewards [--n 20000]``.
 
 Prints the composite reward's throughput on typical replies (one Python thread, so one core),
 each component's own throughput, the Tunix adapters' per-batch cost, and the time to score

@@ -1,11 +1,11 @@
 """The full-size run as a Kaggle job: push the notebooks, wait, fetch outputs and logs (tooling).
 
-    python -m course_utils.kaggle_job run --out kaggle-outputs          # the whole course, in order
-    python -m course_utils.kaggle_job run --dry-run                      # metadata + API calls, offline
-    python -m course_utils.kaggle_job push --notebooks 06 --resume-from 06
-    python -m course_utils.kaggle_job status                             # one line per notebook
-    python -m course_utils.kaggle_job fetch --out kaggle-outputs         # outputs and logs
-    python -m course_utils.kaggle_job estimate                           # TPU hours of the tpu profile
+    python -m tools.kaggle_job run --out kaggle-outputs          # the whole course, in order
+    python -m tools.kaggle_job run --dry-run                      # metadata + API calls, offline
+    python -m tools.kaggle_job push --notebooks 06 --resume-from 06
+    python -m tools.kaggle_job status                             # one line per notebook
+    python -m tools.kaggle_job fetch --out kaggle-outputs         # outputs and logs
+    python -m tools.kaggle_job estimate                           # TPU hours of the tpu profile
 
 Each notebook becomes one private Kaggle notebook ("kernel") `<username>/gemma3-grpo-course-NN-name`
 running on a TPU v5e-8 (`machine_shape` "TpuV5E8"), with internet on (part 01 pip-installs the
@@ -54,6 +54,7 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from course_utils.config import ASSUMED_SECONDS, GSM8K_TEST_SIZE  # noqa: F401
 from course_utils.env import Secret, find_previous_run_dir, get_secret, restore_previous_run  # noqa: F401
 
 # --- what the job pushes (change these, not the code) --------------------------------------
@@ -84,7 +85,6 @@ METADATA_FIELDS = (
 )
 # Files of the repository that make up the course package dataset.
 DATASET_FILES = ("requirements.txt", "pyproject.toml", "README.md", "LICENSE")
-GSM8K_TEST_SIZE = 1319
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STILL_RUNNING = 0, 1, 2, 3
 PENDING = ("queued", "running", "new_script")
@@ -237,9 +237,9 @@ def dataset_id(username: str, dataset: str | None = None) -> str:
 def select_notebooks(selection: str | None, directory: Path | None = None) -> list[tuple[str, Path]]:
     """(name, .ipynb) of the chosen notebooks in course order; `selection` like "01,02" or names.
 
-    All numbered notebooks present (`course_utils.notebooks.notebook_pairs`) when None.
+    All numbered notebooks present (`tools.notebooks.notebook_pairs`) when None.
     """
-    from course_utils.notebooks import NOTEBOOK_DIR, notebook_pairs
+    from tools.notebooks import NOTEBOOK_DIR, notebook_pairs
 
     directory = Path(directory or NOTEBOOK_DIR)
     pairs = [(py.stem, ipynb) for py, ipynb in notebook_pairs(directory)]
@@ -328,7 +328,7 @@ def kernel_metadata(spec: KernelSpec, dataset: str, model_source: str = GEMMA_MO
 
 
 INJECTED_SOURCE = f'''\
-# Injected by course_utils.kaggle_job: a Kaggle job cannot set environment variables, so the
+# Injected by tools.kaggle_job: a Kaggle job cannot set environment variables, so the
 # full-size run fixes the profile here (the same as COURSE_PROFILE={PROFILE}).
 import os
 os.environ["COURSE_PROFILE"] = "{PROFILE}"
@@ -344,9 +344,9 @@ def pushed_notebook(ipynb: Path) -> str:
     try:
         nb = nbformat.read(ipynb, as_version=4)
     except FileNotFoundError:
-        raise JobError(f"{ipynb} is missing: run `python -m course_utils.notebooks sync`.") from None
+        raise JobError(f"{ipynb} is missing: run `python -m tools.notebooks sync`.") from None
     except Exception as err:  # nbformat raises several kinds for a broken file
-        raise JobError(f"{ipynb} is not a readable notebook ({err}); run `python -m course_utils.notebooks sync`.") from None
+        raise JobError(f"{ipynb} is not a readable notebook ({err}); run `python -m tools.notebooks sync`.") from None
     nb.metadata.pop("kaggle", None)
     nb.cells = [c for c in nb.cells if INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
     params = [i for i, c in enumerate(nb.cells)
@@ -756,7 +756,7 @@ class NotebookFailed(Exception):
 def prepare(plan: list[KernelSpec], kaggle: KaggleBoundary, opts: Options) -> tuple[str, Path | None]:
     """Write and validate every metadata file (and the dataset folder); raise JobError on any
     problem. Returns (dataset id, dataset folder or None when skipped)."""
-    from course_utils.notebooks import problems as notebook_problems
+    from tools.notebooks import problems as notebook_problems
 
     dataset = dataset_id(kaggle.username, opts.dataset)
     problems = []
@@ -891,14 +891,6 @@ def run_plan(plan: list[KernelSpec], kaggle: KaggleBoundary, opts: Options,
 
 
 # --- estimates and links ----------------------------------------------------------------------
-# ASSUMED, not measured: no TPU was available while writing this. Replace with figures from a
-# real run (e.g. seconds per step from part 06's metrics) via `measured=` / `estimate --grpo-step`.
-ASSUMED_SECONDS = {
-    "grpo_step": 15.0,  # v5e-8: G × global_batch_size rollouts of ≤ 512 tokens + policy/ref passes
-    "sft_step": 1.0,  # v5e-8: LoRA step on sft_batch_size × sft_max_length tokens
-    "eval_batch": 12.0,  # v5e-8: one batch of eval_batch_size prompts, ≤ 512 new tokens
-    "notebook_overhead": 600.0,  # per session: TPU VM start, pip installs, model load, compiles
-}
 
 
 # One TPU v5e chip (Google Cloud's TPU v5e specification): peak bf16 matrix throughput and HBM
@@ -999,7 +991,7 @@ def estimate_tpu_hours(config: Any = None, measured: dict[str, float] | None = N
 
     config = config or TrainingConfig.for_profile(PROFILE)
     if notebooks is None:
-        from course_utils.notebooks import notebook_pairs
+        from tools.notebooks import notebook_pairs
 
         notebooks = len(notebook_pairs()) or 8  # one Kaggle session each
     unknown = sorted(set(measured or {}) - set(ASSUMED_SECONDS))
@@ -1059,7 +1051,7 @@ def badge_links(notebook_name: str) -> dict[str, str]:
 # --- command line -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="python -m course_utils.kaggle_job", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.kaggle_job", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["push", "status", "fetch", "run", "estimate"])
     parser.add_argument("--dry-run", action="store_true", help="write + validate metadata, print the API calls; no network")
@@ -1172,7 +1164,7 @@ def main(argv: Sequence[str] | None = None, kaggle: KaggleBoundary | None = None
         names = [s.notebook for s in plan]
         rest = ",".join(n[:2] for n in names[names.index(str(err)):]) if str(err) in names else str(err)
         say(f"kaggle_job: stopped waiting after {opts.max_wait_minutes:.0f} minutes; {err} is still running on "
-            f"Kaggle. Continue with: python -m course_utils.kaggle_job run --notebooks {rest} "
+            f"Kaggle. Continue with: python -m tools.kaggle_job run --notebooks {rest} "
             "(a kernel already running is waited for, not pushed again)", err=True)
         _summary(opts.out, results, f"{err} still running")
         return EXIT_STILL_RUNNING
