@@ -83,7 +83,7 @@ def test_check_fails_without_bootstrap_cell(tmp_path):
 def test_bootstrap_cell_pins_this_repository_at_the_package_version():
     import tomllib
 
-    from course_utils.kaggle_job import GITHUB_REPO
+    from tools.kaggle_job import GITHUB_REPO
 
     version = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["version"]
     assert notebooks.COURSE_UTILS_URL == f"git+https://github.com/{GITHUB_REPO}@v{version}"
