@@ -36,6 +36,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from course_utils.tokenizer import END_OF_TURN, START_OF_TURN
+
 SPLITS = ("train", "test")
 DIFFICULTIES = ("easy", "medium", "hard")
 SOURCES = ("auto", "synthetic", "local", "huggingface", "kaggle")
@@ -55,7 +57,7 @@ SYSTEM_PROMPT = (
     "reasoning between <reasoning> and </reasoning>. Then give the final answer, one number "
     "only, between <answer> and </answer>."
 )
-PROMPT_TEMPLATE = "<start_of_turn>user\n{system}\n\n{question}<end_of_turn>\n<start_of_turn>model\n"
+PROMPT_TEMPLATE = f"{START_OF_TURN}user\n{{system}}\n\n{{question}}{END_OF_TURN}\n{START_OF_TURN}model\n"
 
 
 @dataclasses.dataclass(frozen=True)

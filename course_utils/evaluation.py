@@ -133,16 +133,7 @@ def is_truncated(response: Any, n_tokens: int | None, max_new_tokens: int | None
     if n_tokens is None or max_new_tokens is None:
         return False
     text = response if isinstance(response, str) else ""
-    return n_tokens >= max_new_tokens - TRUNCATION_SLACK and not _ends_with_answer(text)
-
-
-def _ends_with_answer(text: str) -> bool:
-    """True when the reply's last non-blank text is a closing ``</answer>`` (end markers aside)."""
-    s = text.rstrip()
-    for marker in ("<end_of_turn>", "<eos>"):
-        if s.endswith(marker):
-            s = s[: -len(marker)].rstrip()
-    return s.endswith("</answer>")
+    return n_tokens >= max_new_tokens - TRUNCATION_SLACK and not rewards._text(text).endswith("</answer>")
 
 
 def error_category(*, strict: bool, truncated: bool, has_number: bool, tagged_answer: str | None,

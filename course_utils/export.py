@@ -40,12 +40,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from course_utils.tokenizer import BOS_ID, EOS_TOKENS, PAD_ID
+
 EXPORT_DIR = "export"
 # Export forms (the names `export_all` takes) and the folder each is written to under export/.
 HF_DIR, TUNIX_LORA_DIR, TUNIX_MERGED_DIR = "hf", "tunix_lora", "tunix_merged"
 FORM_PATHS = {HF_DIR: "hf", TUNIX_LORA_DIR: "tunix/lora", TUNIX_MERGED_DIR: "tunix/merged"}
-EOS_TOKEN_IDS = [1, 106]  # <eos>, <end_of_turn>
-BOS_ID, PAD_ID = 2, 0
 GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
 BASE_MODEL_IDS = {"gemma3-270m": "google/gemma-3-270m", "gemma3-1b-it": "google/gemma-3-1b-it", "tiny": None}
 # Gemma's chat template (system text goes at the top of the first user turn, as in Gemma 3's own).
@@ -328,9 +328,15 @@ def hf_state_dict(params: Mapping[tuple, Any], model_config: Any, dtype: str = "
     return out
 
 
+# generation_config.json of every Hugging Face folder the course writes (part 04's converted
+# GGUF, part 08's export): greedy, stopping at <eos> or <end_of_turn>.
+GENERATION_CONFIG = {"bos_token_id": BOS_ID, "eos_token_id": list(EOS_TOKENS), "pad_token_id": PAD_ID, "do_sample": False}
+
+
 def hf_config(model_config: Any, dtype: str = "float32") -> dict[str, Any]:
     """`config.json` for `Gemma3ForCausalLM` (``model_type`` ``gemma3_text``) matching a Tunix
-    Gemma 3 `ModelConfig` (part 08). Written with the field names transformers 4.5x and 5.x read."""
+    Gemma 3 `ModelConfig` (part 08). Written with the field names transformers 4.5x and 5.x read.
+    The one writer of config.json: part 04's GGUF conversion uses it too."""
     from tunix.models.gemma3.model import GEMMA3_ATTENTION_PATTERN, AttentionType, QueryPreAttentionNormalisation
 
     c = model_config
@@ -370,7 +376,7 @@ def hf_config(model_config: Any, dtype: str = "float32") -> dict[str, Any]:
         "max_position_embeddings": 131072 if c.global_scale_factor > 1 else 32768,
         "tie_word_embeddings": True,
         "bos_token_id": BOS_ID,
-        "eos_token_id": list(EOS_TOKEN_IDS),
+        "eos_token_id": list(EOS_TOKENS),
         "pad_token_id": PAD_ID,
         "torch_dtype": dtype,
         "dtype": dtype,
@@ -466,9 +472,7 @@ def save_hf(params_or_model: Any, tokenizer: Any, model_config: Any, out_dir: st
     with _StagedDir(out_dir) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(model_config, dtype), indent=2) + "\n")
-        generation = {"bos_token_id": BOS_ID, "eos_token_id": list(EOS_TOKEN_IDS), "pad_token_id": PAD_ID,
-                      "do_sample": False}
-        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
         for name, data in tokenizer_files(tokenizer).items():
             (tmp / name).write_bytes(data)
         if model_card:

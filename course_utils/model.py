@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from course_utils.export import GENERATION_CONFIG, hf_config
 from course_utils.files import atomic_write
 from course_utils.tokenizer import (
-    EOS_TOKENS,
     check_tokenizer,
     gguf_vocabulary,
     load_sentencepiece,
@@ -351,23 +351,6 @@ def model_config_from_gguf(reader: Any, dtype: Any = None) -> Any:
     )
 
 
-def hf_config_json(model_config: Any) -> dict[str, Any]:
-    """A transformers `config.json` (gemma3_text) for these weights, so other tools can read them."""
-    return {
-        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
-        "vocab_size": model_config.num_embed, "hidden_size": model_config.embed_dim,
-        "intermediate_size": model_config.hidden_dim, "num_hidden_layers": model_config.num_layers,
-        "num_attention_heads": model_config.num_heads, "num_key_value_heads": model_config.num_kv_heads,
-        "head_dim": model_config.head_dim, "sliding_window": model_config.sliding_window_size,
-        "rope_theta": float(model_config.global_base_frequency),
-        "rope_local_base_freq": float(model_config.local_base_frequency),
-        "query_pre_attn_scalar": model_config.head_dim, "rms_norm_eps": 1e-6,
-        "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
-        "max_position_embeddings": 32768, "bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0,
-        "torch_dtype": "float32",
-    }
-
-
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     """Dequantise a Gemma 3 GGUF into `out_dir` as Hugging Face-named float32 safetensors.
 
@@ -418,9 +401,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(hf_config_json(model_config), indent=2))
-    (tmp / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": 2, "eos_token_id": list(EOS_TOKENS), "pad_token_id": 0}, indent=2))
+    (tmp / "config.json").write_text(json.dumps(hf_config(model_config), indent=2))
+    (tmp / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
     (tmp / "tokenizer.model").write_bytes(tokenizer_bytes)
     (tmp / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,

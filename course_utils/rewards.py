@@ -34,6 +34,7 @@ import threading
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from course_utils.tokenizer import END_MARKERS
 from course_utils.data import (
     DIFFICULTIES,
     canonical_number,
@@ -53,7 +54,6 @@ MAX_TRACE_CHARS = 20_000  # coherence reads this much reasoning; the verbosity p
 IDEAL_WORDS = (20, 250)  # efficiency: full marks inside, falling to 0 at 4 × the upper end
 VERBOSE_WORDS = (400, 1200)  # verbosity: penalty starts at 400 words, is full at 1,200
 CORRECT_BASE = 0.7  # correctness: a right answer earns 0.7, plus 0.3 × reasoning depth
-_END_MARKERS = ("<end_of_turn>", "<eos>")
 
 # --------------------------------------------------------------------------------------------
 # Reading a reply (linear-time regexes only; nothing here can backtrack catastrophically)
@@ -98,7 +98,7 @@ def _text(response: Any) -> str:
     else:
         s = str(response)
     s = s.rstrip()
-    while s.endswith(_END_MARKERS):
+    while s.endswith(END_MARKERS):
         s = s[: s.rfind("<")].rstrip()
     return s
 

@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 START_OF_TURN_ID, END_OF_TURN_ID = 105, 106
-START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+START_OF_TURN, END_OF_TURN, EOS = "<start_of_turn>", "<end_of_turn>", "<eos>"
 # Generation stops at either: `<eos>` (base models) or `<end_of_turn>` (chat turns).
 EOS_TOKENS: tuple[int, ...] = (EOS_ID, END_OF_TURN_ID)
+END_MARKERS = (END_OF_TURN, EOS)  # the same two as text, cut from the end of a reply
 
 _SPECIAL_PIECES = {"<pad>": PAD_ID, "<eos>": EOS_ID, "<bos>": BOS_ID, "<unk>": UNK_ID}
 _USER_DEFINED = (START_OF_TURN, END_OF_TURN)

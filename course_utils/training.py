@@ -24,10 +24,9 @@ import numpy as np
 
 from course_utils.config import TrainingConfig
 from course_utils.filtering import mixed_group_fraction
+from course_utils.tokenizer import END_OF_TURN, EOS_TOKENS
 
 PHASES = ("easy", "medium", "hard")
-EOS_TOKENS = [1, 106]  # <eos>, <end_of_turn>
-END_OF_TURN = "<end_of_turn>"
 
 
 # --- small pure helpers --------------------------------------------------------------------------
@@ -896,7 +895,7 @@ def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: An
     rollout_config = base_rollout.RolloutConfig(
         max_tokens_to_generate=config.max_generation_length, max_prompt_length=config.max_prompt_length,
         kv_cache_size=config.cache_size, temperature=config.temperature, top_p=config.top_p,
-        top_k=config.top_k, eos_tokens=EOS_TOKENS,
+        top_k=config.top_k, eos_tokens=list(EOS_TOKENS),
     )
     training_config = rl_cluster_lib.RLTrainingConfig(
         actor_optimizer=grpo_optimizer(config),
