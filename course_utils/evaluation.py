@@ -634,7 +634,8 @@ def _fmt(metric: str, stats: Mapping[str, float] | None) -> str:
     return f"{100 * mean:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
 
 
-def _label(metric: str, results: Sequence[EvalResult]) -> str:
+def metric_label(metric: str, results: Sequence[EvalResult]) -> str:
+    """A metric's name for tables and plots (pass@k with its k)."""
     if metric in ("pass_at_k", "maj_at_k"):
         ks = {r.settings.get("k") for r in results if r.settings.get("k")}
         k = ks.pop() if len(ks) == 1 else "k"
@@ -676,9 +677,9 @@ def markdown_table(results: Sequence[EvalResult], metrics: Sequence[str] | None 
     lines = ["| metric | " + " | ".join(f"{name} (n={n[name]})" for name in names) + " |",
              "|---|" + "---|" * len(names)]
     for m in chosen:
-        lines.append(f"| {_label(m, results)} | " + " | ".join(_fmt(m, data["table"][name].get(m)) for name in names) + " |")
+        lines.append(f"| {metric_label(m, results)} | " + " | ".join(_fmt(m, data["table"][name].get(m)) for name in names) + " |")
     if data["differences"]:
-        lines += ["", "| difference (paired bootstrap) | " + " | ".join(_label(m, results) for m in chosen) + " |",
+        lines += ["", "| difference (paired bootstrap) | " + " | ".join(metric_label(m, results) for m in chosen) + " |",
                   "|---|" + "---|" * len(chosen)]
         for pair, per_metric in data["differences"].items():
             cells = []
@@ -818,57 +819,6 @@ def load_results(run_dir: str | os.PathLike) -> list[EvalResult]:
         return []
     data = json.loads(path.read_text())
     return [EvalResult.from_dict(r) for r in data.get("results", [])]
-
-
-def plot_score_distributions(results: Sequence[EvalResult], path: str | os.PathLike) -> Path:
-    """Three panels saved as PNG (part 07): the composite-reward histogram of each model, the
-    headline metrics with 95 % intervals, and the error breakdown as stacked bars."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(15, 4.5), dpi=100, layout="constrained")
-    ax_hist, ax_bars, ax_err = fig.subplots(1, 3)
-    colors = ["tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple"]
-    bins = np.linspace(0, 1, 21)
-    for i, r in enumerate(results):
-        rewards_ = r.values("reward")
-        rewards_ = rewards_[~np.isnan(rewards_)]
-        if rewards_.size:
-            lo, hi = min(0.0, rewards_.min()), max(1.0, rewards_.max())
-            ax_hist.hist(rewards_, bins=np.linspace(lo, hi, 21) if (lo, hi) != (0.0, 1.0) else bins,
-                         alpha=0.5, color=colors[i % len(colors)], label=f"{r.name} (mean {rewards_.mean():.2f})")
-    ax_hist.set(title="Composite reward per problem", xlabel="reward", ylabel="problems")
-    if results:
-        ax_hist.legend(fontsize=8)
-
-    shown = [m for m in ("strict", "lenient", "format", "partial", "pass_at_k", "maj_at_k")
-             if all(m in r.metrics for r in results)]
-    width = 0.8 / max(1, len(results))
-    x = np.arange(len(shown))
-    for i, r in enumerate(results):
-        means = np.array([r.metrics[m]["mean"] for m in shown]) * 100
-        lows = np.array([r.metrics[m]["low"] for m in shown]) * 100
-        highs = np.array([r.metrics[m]["high"] for m in shown]) * 100
-        ax_bars.bar(x + i * width, means, width, yerr=[means - lows, highs - means], capsize=3,
-                    color=colors[i % len(colors)], label=r.name)
-    ax_bars.set_xticks(x + width * (len(results) - 1) / 2, [_label(m, results) for m in shown], rotation=20,
-                       ha="right", fontsize=8)
-    ax_bars.set(title="Metrics with 95 % bootstrap intervals", ylabel="%", ylim=(0, 105))
-    if results:
-        ax_bars.legend(fontsize=8)
-
-    bottom = np.zeros(len(results))
-    error_colors = {"correct": "tab:green", "truncated": "tab:orange", "no_answer": "tab:gray",
-                    "format_broken": "tab:red", "wrong_arithmetic": "tab:purple", "wrong_answer": "tab:brown"}
-    for category in ERROR_CATEGORIES:
-        counts = np.array([r.errors.get(category, 0) / max(1, len(r.rows)) * 100 for r in results])
-        ax_err.bar([r.name for r in results], counts, bottom=bottom, color=error_colors[category], label=category)
-        bottom += counts
-    ax_err.set(title="Where the replies go wrong", ylabel="% of problems", ylim=(0, 100))
-    ax_err.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
 
 
 # ================================================================================================

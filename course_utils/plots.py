@@ -1,4 +1,5 @@
-"""Learning curves as PNG files the notebooks show (part 06).
+"""Every figure the notebooks show, as PNG files: reward weights and reward tests (parts 03
+and 05), learning curves (part 06), evaluation (part 07).
 
 Built on `matplotlib.figure.Figure` without pyplot, so it works headless (CI, Agg) and leaves
 no open figures behind. Each function takes a metrics history — the rows `read_metrics`
@@ -15,7 +16,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from course_utils.evaluation import ERROR_CATEGORIES, EvalResult, metric_label
 from course_utils.metrics import REWARD_COMPONENTS, flatten_metrics, is_finite_number, read_metrics
+from course_utils.rewards import COMPONENTS, annealed_weights, static_weights
 
 History = Sequence[Mapping[str, Any]] | str | os.PathLike
 _COLORS = {"format": "tab:blue", "coherence": "tab:purple", "correctness": "tab:green", "efficiency": "tab:orange",
@@ -114,6 +119,118 @@ def _sft_figure(rows: Sequence[Mapping[str, Any]], title: str | None) -> Any:
     _finish(ax, "Loss", "cross-entropy", bool(x), legend_loc="upper left")
     ax.set_xlabel("step")
     return fig
+
+
+# --- rewards (parts 03 and 05) and evaluation (part 07) -------------------------------------
+
+
+def plot_annealing(config: Any, path: str | os.PathLike, points: int = 101) -> Path:
+    """The annealed reward weights over training steps, stacked, saved as a PNG (part 03)."""
+    from matplotlib.figure import Figure
+
+    steps = [(config.max_steps - 1) * i / (points - 1) for i in range(points)]
+    weights = [annealed_weights(config, s) for s in steps]
+    fig = Figure(figsize=(9, 4), dpi=100, layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.stackplot(steps, *[[w[k] for w in weights] for k in COMPONENTS], labels=COMPONENTS,
+                  colors=[_COLORS[k] for k in COMPONENTS], alpha=0.8)
+    ax1.set(title="Annealed weights (stacked, sum = 1)", xlabel="GRPO step", ylabel="weight", ylim=(0, 1))
+    ax1.legend(loc="lower left", fontsize=8)
+    ax2.plot(steps, [w["format"] + w["coherence"] for w in weights], label="w_trace = format + coherence", color="tab:blue")
+    ax2.plot(steps, [w["correctness"] for w in weights], label="w_correct", color="tab:green")
+    ax2.plot(steps, [w["calibration"] for w in weights], label="calibration (the rest)", color=_COLORS["calibration"])
+    static = static_weights(config)
+    ax2.axhline(static["format"] + static["coherence"], color="tab:blue", ls=":", lw=1, label="static trace")
+    ax2.axhline(static["correctness"], color="tab:green", ls=":", lw=1, label="static correctness")
+    ax2.set(title="Trace vs correctness", xlabel="GRPO step", ylim=(0, 1))
+    ax2.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reward_distributions(scores: Mapping[str, Sequence[float]], path: str | os.PathLike,
+                             title: str = "Composite reward: gold vs perturbed") -> Path:
+    """One histogram per perturbation against the gold scores, saved as a PNG (part 05)."""
+    from matplotlib.figure import Figure
+
+    others = [k for k in scores if k != "gold"]
+    cols = 3
+    rows = max(1, -(-len(others) // cols))
+    fig = Figure(figsize=(4 * cols, 2.8 * rows), dpi=100, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    bins = [i / 25 for i in range(26)]
+    for ax, name in zip(axes, others):
+        ax.hist(scores.get("gold", []), bins=bins, alpha=0.6, color="tab:green", label="gold")
+        ax.hist(scores[name], bins=bins, alpha=0.6, color="tab:red", label=name)
+        ax.set(title=name, xlabel="total reward", xlim=(0, 1))
+        ax.legend(fontsize=8)
+    for ax in axes[len(others):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_catalogue(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Horizontal bars: each hacking attempt's total against the honest reply's, saved as a PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 0.35 * len(rows) + 1.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    names = [r["attempt"] for r in rows]
+    ax.barh(names, [r["hack"] for r in rows], color="tab:red", alpha=0.7, label="hacking attempt")
+    if rows:
+        ax.axvline(rows[0]["honest"], color="tab:green", lw=2, label="honest reply")
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="composite reward", title="Reward hacking attempts vs the honest reply")
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_evaluation(results: Sequence[EvalResult], path: str | os.PathLike) -> Path:
+    """Three panels saved as PNG (part 07): the composite-reward histogram of each model, the
+    headline metrics with 95 % intervals, and the error breakdown as stacked bars."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4.5), dpi=100, layout="constrained")
+    ax_hist, ax_bars, ax_err = fig.subplots(1, 3)
+    colors = ["tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple"]
+    bins = np.linspace(0, 1, 21)
+    for i, r in enumerate(results):
+        rewards_ = r.values("reward")
+        rewards_ = rewards_[~np.isnan(rewards_)]
+        if rewards_.size:
+            lo, hi = min(0.0, rewards_.min()), max(1.0, rewards_.max())
+            ax_hist.hist(rewards_, bins=np.linspace(lo, hi, 21) if (lo, hi) != (0.0, 1.0) else bins,
+                         alpha=0.5, color=colors[i % len(colors)], label=f"{r.name} (mean {rewards_.mean():.2f})")
+    ax_hist.set(title="Composite reward per problem", xlabel="reward", ylabel="problems")
+    if results:
+        ax_hist.legend(fontsize=8)
+
+    shown = [m for m in ("strict", "lenient", "format", "partial", "pass_at_k", "maj_at_k")
+             if all(m in r.metrics for r in results)]
+    width = 0.8 / max(1, len(results))
+    x = np.arange(len(shown))
+    for i, r in enumerate(results):
+        means = np.array([r.metrics[m]["mean"] for m in shown]) * 100
+        lows = np.array([r.metrics[m]["low"] for m in shown]) * 100
+        highs = np.array([r.metrics[m]["high"] for m in shown]) * 100
+        ax_bars.bar(x + i * width, means, width, yerr=[means - lows, highs - means], capsize=3,
+                    color=colors[i % len(colors)], label=r.name)
+    ax_bars.set_xticks(x + width * (len(results) - 1) / 2, [metric_label(m, results) for m in shown], rotation=20,
+                       ha="right", fontsize=8)
+    ax_bars.set(title="Metrics with 95 % bootstrap intervals", ylabel="%", ylim=(0, 105))
+    if results:
+        ax_bars.legend(fontsize=8)
+
+    bottom = np.zeros(len(results))
+    error_colors = {"correct": "tab:green", "truncated": "tab:orange", "no_answer": "tab:gray",
+                    "format_broken": "tab:red", "wrong_arithmetic": "tab:purple", "wrong_answer": "tab:brown"}
+    for category in ERROR_CATEGORIES:
+        counts = np.array([r.errors.get(category, 0) / max(1, len(r.rows)) * 100 for r in results])
+        ax_err.bar([r.name for r in results], counts, bottom=bottom, color=error_colors[category], label=category)
+        bottom += counts
+    ax_err.set(title="Where the replies go wrong", ylabel="% of problems", ylim=(0, 100))
+    ax_err.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
+    return _save(fig, path)
 
 
 # --- helpers ---------------------------------------------------------------------------------

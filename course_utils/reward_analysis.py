@@ -14,9 +14,7 @@ notebook prints: `catalogue_table` (every hacking attempt against the honest ans
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from course_utils.data import (
@@ -538,77 +536,3 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     for t in table:
         lines.append("  ".join(v.rjust(w) if v[:1].isdigit() or v[:1] == "-" else v.ljust(w) for v, w in zip(t, widths)))
     return "\n".join(lines)
-
-
-_COLORS = {"format": "tab:blue", "coherence": "tab:purple", "correctness": "tab:green",
-           "efficiency": "tab:orange", "calibration": "tab:red"}
-
-
-def plot_annealing(config: Any, path: str | os.PathLike, points: int = 101) -> Path:
-    """The annealed reward weights over training steps, stacked, saved as a PNG (part 03)."""
-    from matplotlib.figure import Figure
-
-    steps = [(config.max_steps - 1) * i / (points - 1) for i in range(points)]
-    weights = [annealed_weights(config, s) for s in steps]
-    fig = Figure(figsize=(9, 4), dpi=100, layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.stackplot(steps, *[[w[k] for w in weights] for k in COMPONENTS], labels=COMPONENTS,
-                  colors=[_COLORS[k] for k in COMPONENTS], alpha=0.8)
-    ax1.set(title="Annealed weights (stacked, sum = 1)", xlabel="GRPO step", ylabel="weight", ylim=(0, 1))
-    ax1.legend(loc="lower left", fontsize=8)
-    ax2.plot(steps, [w["format"] + w["coherence"] for w in weights], label="w_trace = format + coherence", color="tab:blue")
-    ax2.plot(steps, [w["correctness"] for w in weights], label="w_correct", color="tab:green")
-    ax2.plot(steps, [w["calibration"] for w in weights], label="calibration (the rest)", color="tab:red")
-    static = static_weights(config)
-    ax2.axhline(static["format"] + static["coherence"], color="tab:blue", ls=":", lw=1, label="static trace")
-    ax2.axhline(static["correctness"], color="tab:green", ls=":", lw=1, label="static correctness")
-    ax2.set(title="Trace vs correctness", xlabel="GRPO step", ylim=(0, 1))
-    ax2.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def plot_score_distributions(scores: Mapping[str, Sequence[float]], path: str | os.PathLike,
-                             title: str = "Composite reward: gold vs perturbed") -> Path:
-    """One histogram per perturbation against the gold scores, saved as a PNG (part 05)."""
-    from matplotlib.figure import Figure
-
-    others = [k for k in scores if k != "gold"]
-    cols = 3
-    rows = max(1, -(-len(others) // cols))
-    fig = Figure(figsize=(4 * cols, 2.8 * rows), dpi=100, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    bins = [i / 25 for i in range(26)]
-    for ax, name in zip(axes, others):
-        ax.hist(scores.get("gold", []), bins=bins, alpha=0.6, color="tab:green", label="gold")
-        ax.hist(scores[name], bins=bins, alpha=0.6, color="tab:red", label=name)
-        ax.set(title=name, xlabel="total reward", xlim=(0, 1))
-        ax.legend(fontsize=8)
-    for ax in axes[len(others):]:
-        ax.set_visible(False)
-    fig.suptitle(title)
-    return _save(fig, path)
-
-
-def plot_catalogue(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Horizontal bars: each hacking attempt's total against the honest reply's, saved as a PNG."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 0.35 * len(rows) + 1.2), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    names = [r["attempt"] for r in rows]
-    ax.barh(names, [r["hack"] for r in rows], color="tab:red", alpha=0.7, label="hacking attempt")
-    if rows:
-        ax.axvline(rows[0]["honest"], color="tab:green", lw=2, label="honest reply")
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="composite reward", title="Reward hacking attempts vs the honest reply")
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp)
-    tmp.replace(path)
-    return path

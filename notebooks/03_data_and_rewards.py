@@ -260,7 +260,7 @@ RewardAnalyzer.print_breakdown(breakdown)
 # %%
 from IPython.display import Image, display
 
-from course_utils.reward_analysis import plot_annealing
+from course_utils.plots import plot_annealing
 from course_utils.rewards import annealed_weights
 
 for step in (0, (config.max_steps - 1) // 2, config.max_steps - 1):

@@ -133,7 +133,7 @@ assert all(row["honest_wins"] for row in catalogue), "a hacking attempt beat the
 # %%
 from IPython.display import Image, display
 
-from course_utils.reward_analysis import plot_catalogue
+from course_utils.plots import plot_catalogue
 
 display(Image(filename=plot_catalogue(catalogue, RUN_DIR / "reward_hacking.png")))
 
@@ -193,11 +193,12 @@ print(format_table(ablation_table(config, example)))
 # %%
 from statistics import mean
 
-from course_utils.reward_analysis import gold_vs_perturbed, plot_score_distributions
+from course_utils.plots import plot_reward_distributions
+from course_utils.reward_analysis import gold_vs_perturbed
 
 scores = gold_vs_perturbed(problems, config, seed=SEED, step=STEP)
 print(format_table([{"replies": name, "mean": mean(v), "min": min(v), "max": max(v)} for name, v in scores.items()]))
-display(Image(filename=plot_score_distributions(scores, RUN_DIR / "reward_distributions.png")))
+display(Image(filename=plot_reward_distributions(scores, RUN_DIR / "reward_distributions.png")))
 
 # %% [markdown]
 # ## Recap

@@ -231,7 +231,9 @@ else:
 # wrong, per model.
 
 # %%
-plot = ev.plot_score_distributions(results, RUN_DIR / "plots" / "evaluation.png")
+from course_utils.plots import plot_evaluation
+
+plot = plot_evaluation(results, RUN_DIR / "plots" / "evaluation.png")
 display(Image(filename=str(plot)))
 for r in results:
     print(f"{r.name:>9}:", {k: v for k, v in r.errors.items() if v})

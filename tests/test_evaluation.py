@@ -346,7 +346,9 @@ def test_before_after_shows_fixed_problems_first(three_models):
 
 
 def test_plot_score_distributions_writes_a_png(three_models, tmp_path):
-    path = ev.plot_score_distributions(list(three_models), tmp_path / "plots" / "eval.png")
+    from course_utils.plots import plot_evaluation
+
+    path = plot_evaluation(list(three_models), tmp_path / "plots" / "eval.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 

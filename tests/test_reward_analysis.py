@@ -19,12 +19,10 @@ from course_utils.reward_analysis import (
     format_table,
     gold_vs_perturbed,
     hacking_attempts,
-    plot_annealing,
-    plot_catalogue,
-    plot_score_distributions,
     question_from_prompt,
     weight_presets,
 )
+from course_utils.plots import plot_annealing, plot_catalogue, plot_reward_distributions
 from course_utils.rewards import COMPONENTS, composite_reward
 
 CONFIG = TrainingConfig()
@@ -246,9 +244,9 @@ def test_plots_are_written(tmp_path):
     matplotlib.use("Agg")
     paths = [
         plot_annealing(CONFIG, tmp_path / "a" / "annealing.png"),
-        plot_score_distributions(gold_vs_perturbed([SAMPLE_PROBLEM], CONFIG), tmp_path / "dist.png"),
+        plot_reward_distributions(gold_vs_perturbed([SAMPLE_PROBLEM], CONFIG), tmp_path / "dist.png"),
         plot_catalogue(catalogue_table(CONFIG, SAMPLE_PROBLEM), tmp_path / "cat.png"),
-        plot_score_distributions({"gold": []}, tmp_path / "empty.png"),
+        plot_reward_distributions({"gold": []}, tmp_path / "empty.png"),
     ]
     for path in paths:
         assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
