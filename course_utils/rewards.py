@@ -7,8 +7,8 @@ never raises:
   whitespace around them. Partial credit per piece of structure; multi-line reasoning is fine.
 - `coherence_reward`: distinct substantive steps, arithmetic that is right and that leads to the
   answer, connectives. Repeated lines and bare step markers earn nothing.
-- `correctness_reward`: 0 for a wrong answer; 0.7 + 0.3 × reasoning depth for a right one, so a
-  wrong answer never outscores a right one.
+- `correctness_reward`: 0 for a wrong answer; 0.7 + 0.3 × reasoning depth for a right one, so on
+  this component a wrong answer never outscores a right one (in the composite it can: part 03).
 - `efficiency_reward`: an appropriate length (weight 0 by default).
 - `calibration_reward`: 1, unless the answer is wrong and worded over-confidently.
 
@@ -764,7 +764,8 @@ def annealed_weights(config: Any, step: float) -> dict[str, float]:
 
     Relation to the static weights: at step 0 the trace weight equals the static one (0.45),
     and the static correctness weight 0.55 is split into correctness 0.40 + calibration 0.15 —
-    the same money, but a wrong answer stated over-confidently loses its 0.15. Over training
+    not the same money: calibration pays its 0.15 to every reply except a wrong one stated
+    over-confidently, so wrong answers gain 0.15 and the right−wrong gap narrows. Over training
     0.20 moves from the trace to correctness: early on the model is paid to write the format,
     later to be right.
     """

@@ -217,10 +217,11 @@ for name, reply in [("clean", clean), ("arithmetic slip", SAMPLE_REPLIES["arithm
 # ## 10. Correctness, efficiency, calibration, verbosity
 #
 # `correctness_reward` is 0 for a wrong answer and 0.7 + 0.3 × reasoning depth (the coherence)
-# for a right one, so a wrong answer can never outscore a right one. `efficiency_reward` likes
-# 20–250 words (weight 0 by default). `calibration_reward` takes away credit when a wrong answer
-# is stated over-confidently. `verbosity` measures over-long or looping replies; the composite
-# subtracts `config.verbosity_penalty` × it.
+# for a right one, so *on this component* a wrong answer never outscores a right one (the
+# composite is another matter: section 12). `efficiency_reward` likes 20–250 words (weight 0 by
+# default). `calibration_reward` is 1 for every reply except a wrong one stated
+# over-confidently. `verbosity` measures over-long or looping replies; the composite subtracts
+# `config.verbosity_penalty` × it.
 
 # %%
 from course_utils.rewards import calibration_reward, correctness_reward, efficiency_reward, verbosity
@@ -230,6 +231,30 @@ for name, reply in SAMPLE_REPLIES.items():
     scores = (correctness_reward(reply, "72", "easy", q), efficiency_reward(reply),
               calibration_reward(reply, "72"), verbosity(reply))
     print(f"{name:<28}" + "".join(f"{s:>8.2f}" for s in scores))
+
+# %% [markdown]
+# Two things this table shows that the names hide:
+#
+# - **Calibration pays nearly everyone.** It is 1 for every reply, right or wrong, unless a
+#   wrong answer is worded over-confidently; with weight w it adds +w to almost every reply.
+# - **The length half of `verbosity` starts at 400 words** (`VERBOSE_WORDS`; full at 1,200). In
+#   Gemma 3's vocabulary a word costs at least one token (the only piece spanning two words is
+#   `>▁</`), and the course's text runs at ≈ 0.43 (synthetic) to 0.50 (GSM8K) words per token,
+#   0.72 for the wordiest of 500 GSM8K targets (measured with the 270M's tokenizer,
+#   tests/test_lessons.py). A reply cut at 160 tokens (`cpu`) has at most 160 words, one cut at
+#   512 (`tpu`) about 260, at most ≈ 370: neither reaches 400. Only the looping half acts.
+
+# %%
+from course_utils.config import TrainingConfig
+from course_utils.rewards import VERBOSE_WORDS
+
+paid = {name: calibration_reward(reply, "72") for name, reply in SAMPLE_REPLIES.items()}
+print(f"calibration 1.0 for {sum(v == 1.0 for v in paid.values())} of {len(paid)} replies;"
+      f" 0 for: {[n for n, v in paid.items() if v < 1.0]}")
+for name in ("cpu", "tpu"):
+    limit = TrainingConfig.for_profile(name).max_generation_length
+    print(f"{name}: {limit} tokens ≈ {0.50 * limit:.0f} words at 0.50 words/token; length penalty from {VERBOSE_WORDS[0]} words")
+print(f"verbosity of one line repeated 8 times (the looping half): {verbosity(repeated):.2f}")
 
 # %% [markdown]
 # ## 11. The composite reward
@@ -254,8 +279,15 @@ RewardAnalyzer.print_breakdown(breakdown)
 # `anneal_trace_weight_start` to `_end` and correctness rises from `anneal_correct_weight_start`
 # to `_end`, linearly from the first GRPO step (0) to the last (`max_steps` − 1), which pays
 # exactly the end weights (`final_weights`; part 07 scores replies with them); calibration gets
-# the rest, so the weights always sum to 1. At step 0 this is the static weighting with part of
-# correctness paid as calibration.
+# the rest, so the weights always sum to 1.
+#
+# At step 0 the weights look like the static ones with 0.15 of correctness moved to
+# calibration — but it is not the same money. Calibration pays its weight to nearly every reply
+# (section 10), right or wrong, so a wrong reply earns +0.15 it did not earn before, and the
+# gap between a right and a wrong answer on correctness shrinks from 0.55 × c to 0.40 × c. In
+# the composite a wrong answer *can* outscore a right one: with the default (and `cpu`) weights
+# at step 0, a wrong answer with a tidy trace beats a right answer given bare. The correctness-
+# led `tpu` weights keep this pair in order, which is one reason they were chosen.
 
 # %%
 from IPython.display import Image, display
@@ -266,6 +298,16 @@ from course_utils.rewards import annealed_weights
 for step in (0, (config.max_steps - 1) // 2, config.max_steps - 1):
     print(f"step {step:>4}:", {k: round(v, 3) for k, v in annealed_weights(config, step).items()})
 display(Image(filename=plot_annealing(config, RUN_DIR / "reward_annealing.png")))
+
+# %%
+bare_right, tidy_wrong = "<answer>72</answer>", SAMPLE_REPLIES["misread the question"]
+for name in ("cpu", "tpu"):
+    c = TrainingConfig.for_profile(name)
+    for label, step in (("static", None), ("annealed, step 0", 0)):
+        right, wrong = (composite_reward(r, SAMPLE_PROBLEM.solution, config=c, step=step, question=q).total
+                        for r in (bare_right, tidy_wrong))
+        print(f"{name} {label:<17} right, bare {right:.3f} | wrong, tidy trace {wrong:.3f}"
+              + ("  <- wrong outscores right" if wrong > right else ""))
 
 # %% [markdown]
 # ## 13. The rewards as Tunix calls them
@@ -299,6 +341,9 @@ print(f"{'sum = reward':<20}", [round(sum(v), 3) for v in zip(*per_fn.values())]
 # - MULTILINE anchors, first-digits extraction and a missing DOTALL make rewards lie; ours are
 #   tested against exactly those inputs.
 # - The composite weighs the components; annealing moves weight from the trace to correctness.
+#   Calibration pays nearly every reply, so a wrong answer can outscore a right one in the
+#   composite (never in `correctness_reward`); the verbosity penalty's length half is out of reach
+#   of 160/512-token replies.
 # - `make_reward_fns` plugs the rewards into Tunix, whose sum of functions is our composite.
 #
 # ## Exercises
@@ -309,6 +354,28 @@ print(f"{'sum = reward':<20}", [round(sum(v), 3) for v in zip(*per_fn.values())]
 #    the calibration weight do, and why?
 # 4. Why does `coherence_reward` need the question to tell a made-up chain of sums from real steps?
 # 5. Set `STEP = config.max_steps` in the parameters. Which component's contribution grows?
+#
+# **Questionnaire**
+#
+# 1. Why must the answer be read from the *last* `<answer>` block, and why not with a MULTILINE regex?
+# 2. Which replies does `calibration_reward` pay 1.0, and what does that do to a wrong answer's composite?
+# 3. Can a wrong answer outscore a right one? On which component never, and in the composite when?
+# 4. A `cpu` reply stops at 160 tokens. Can the length half of the verbosity penalty act on it?
+# 5. What does Tunix do with the values the functions of `make_reward_fns` return?
+#
+# <details><summary>Answers</summary>
+#
+# 1. A reply may mention other numbers (or draft answers) before its final one; a MULTILINE
+#    `^…$` matches inside a longer text, so chatter around the tags would still pass.
+# 2. Every reply except a wrong one worded over-confidently (9 of the 10 samples): a wrong answer
+#    gets the calibration weight (0.15 by default) for free.
+# 3. Never on `correctness_reward` (0 against ≥ 0.7). In the composite, yes: with the default
+#    weights at step 0 a wrong reply with a tidy trace beats a bare right answer (section 12).
+# 4. No: a word is at least one token, so 160 tokens are at most 160 words, and the penalty
+#    starts at 400 words. Only its looping half can act.
+# 5. It adds them up per reply: the sum is the composite reward, and each function is logged.
+#
+# </details>
 #
 # ## Further reading
 #

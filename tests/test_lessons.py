@@ -110,3 +110,65 @@ def test_learning_rate_ratios_part_02_prints():
     assert "3,364 (3,738 batches × 0.9)" in text and int(3738 * 0.9) == 3364  # Tunix notebook's MAX_STEPS
     assert TrainingConfig().num_iterations == 1 and all(TrainingConfig.for_profile(p).num_iterations == 1
                                                         for p in ("smoke", "cpu", "tpu"))
+
+
+# --- part 03: the rewards as the code pays them ---------------------------------------------
+def test_calibration_pays_nearly_every_reply_and_annealing_is_not_the_same_money():
+    from course_utils.reward_analysis import SAMPLE_PROBLEM, SAMPLE_REPLIES
+    from course_utils.rewards import annealed_weights, calibration_reward, composite_reward
+
+    paid = {n: calibration_reward(r, SAMPLE_PROBLEM.answer) for n, r in SAMPLE_REPLIES.items()}
+    assert [n for n, v in paid.items() if v != 1.0] == ["over-confident and wrong"]
+    assert annealed_weights(TrainingConfig(), 0)["calibration"] == pytest.approx(0.15)
+    assert annealed_weights(TrainingConfig.for_profile("tpu"), 0)["calibration"] == pytest.approx(0.05)
+    wrong = SAMPLE_REPLIES["arithmetic slip"]
+    static = composite_reward(wrong, SAMPLE_PROBLEM.solution, config=TrainingConfig()).total
+    step0 = composite_reward(wrong, SAMPLE_PROBLEM.solution, config=TrainingConfig(), step=0).total
+    assert step0 - static == pytest.approx(0.15, abs=1e-6)  # a wrong reply gains the calibration weight
+
+
+def test_wrong_never_outscores_right_on_correctness_but_can_in_the_composite():
+    from course_utils.reward_analysis import SAMPLE_PROBLEM, SAMPLE_REPLIES
+    from course_utils.rewards import composite_reward, correctness_reward, is_correct
+
+    q, gold = SAMPLE_PROBLEM.question, SAMPLE_PROBLEM.solution
+    scores = {n: (is_correct(r, gold), correctness_reward(r, gold, "easy", q)) for n, r in SAMPLE_REPLIES.items()}
+    assert max(s for ok, s in scores.values() if not ok) == 0.0 < 0.7 <= min(s for ok, s in scores.values() if ok)
+
+    def total(reply, profile, step):
+        return composite_reward(reply, gold, config=TrainingConfig.for_profile(profile), step=step, question=q).total
+
+    bare_right, tidy_wrong = "<answer>72</answer>", SAMPLE_REPLIES["misread the question"]
+    assert is_correct(bare_right, gold) and not is_correct(tidy_wrong, gold)
+    wrong0, right0 = total(tidy_wrong, "cpu", 0), total(bare_right, "cpu", 0)
+    assert wrong0 > right0 and (wrong0, right0) == pytest.approx((0.585, 0.480), abs=1e-3)
+    assert total(tidy_wrong, "cpu", None) == pytest.approx(total(bare_right, "cpu", None), abs=1e-6)  # 0.435 each
+    assert all(total(bare_right, "tpu", s) > total(tidy_wrong, "tpu", s) for s in (None, 0, 499))
+
+
+def _course_tokenizer():
+    from course_utils.model import cache_dir
+    from course_utils.tokenizer import load_sentencepiece
+
+    found = sorted((cache_dir() / "converted").glob("*/tokenizer.model"))
+    if not found:
+        pytest.skip("the converted Gemma 3 270M (its tokenizer) is not cached here")
+    return load_sentencepiece(found[0])
+
+
+def test_verbosity_length_half_is_out_of_reach_of_the_profiles_replies():
+    from course_utils.data import format_solution, load_splits
+    from course_utils.rewards import VERBOSE_WORDS, verbosity
+
+    assert VERBOSE_WORDS[0] == 400
+    assert verbosity("<reasoning>" + "word " * 399 + "</reasoning><answer>1</answer>") == 0.0
+    assert verbosity("<reasoning>" + " ".join(f"w{i}" for i in range(800)) + "</reasoning>") > 0.4
+    sp = _course_tokenizer()
+    spanning = [sp.id_to_piece(i) for i in range(sp.get_piece_size())
+                if re.search(r"\S\s+\S", sp.id_to_piece(i).replace("▁", " "))]
+    assert spanning == [">▁</"]  # else a word costs at least one token: 160 tokens <= 160 words
+    assert TrainingConfig.for_profile("cpu").max_generation_length < VERBOSE_WORDS[0]
+    texts = [format_solution(e) for e in load_splits(TrainingConfig.for_profile("cpu"))["train"][:500]]
+    rate = sum(len(t.split()) for t in texts) / sum(len(sp.encode(t)) for t in texts)
+    assert rate == pytest.approx(0.43, abs=0.02)  # part 03's measured figure (synthetic targets)
+    assert max(len(t.split()) / len(sp.encode(t)) for t in texts) * 512 < VERBOSE_WORDS[0]
