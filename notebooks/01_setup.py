@@ -72,8 +72,9 @@ for key, value in env.describe().items():
 # ## Profiles: one switch, three sizes
 #
 # The same notebooks run at three sizes. `smoke` is a tiny random Gemma 3 for tests (seconds),
-# `cpu` is the real Gemma 3 270M on a laptop (about half an hour per part that trains), `tpu` is
-# Gemma 3 1B on a Kaggle TPU. The environment variable `COURSE_PROFILE` picks one; otherwise the
+# `cpu` is the real Gemma 3 270M on a laptop or small server (part 06, the one that trains, took
+# 27 and 54 minutes on two 2-core dev machines: README, "The parts"), `tpu` is Gemma 3 1B on a
+# Kaggle TPU. The environment variable `COURSE_PROFILE` picks one; otherwise the
 # hardware does.
 
 # %%
@@ -81,6 +82,43 @@ from course_utils.config import TrainingConfig
 
 config = TrainingConfig.for_profile(PROFILE) if PROFILE else TrainingConfig.from_env()
 print("profile:", config.profile, "| model:", config.model, "| GRPO steps:", config.max_steps)
+
+# %% [markdown]
+# ## The course at a glance
+#
+# A base model learns the reply format by supervised fine-tuning (SFT), then GRPO samples G
+# replies per question, scores each with the composite reward and pushes towards the better
+# ones; evaluation measures the result on unseen problems and export writes it out. The figure
+# is drawn from this profile's configuration (steps, G, reward weights at the first GRPO step).
+
+# %%
+import matplotlib.pyplot as plt
+
+from course_utils.rewards import reward_weights
+
+stages = [("base model", "Gemma 3 (part 04)"), ("SFT", f"{config.sft_steps} steps (06)"),
+          ("GRPO", f"{config.max_steps} steps, G={config.num_generations} (06)"),
+          ("evaluation", "GSM8K test (07)"), ("export", "HF / Tunix (08)")]
+fig, ax = plt.subplots(figsize=(11, 3.4))
+ax.set(xlim=(0, 10), ylim=(0, 3.4))
+ax.axis("off")
+for i, (name, detail) in enumerate(stages):
+    x = 0.1 + 2 * i
+    ax.add_patch(plt.Rectangle((x, 2.1), 1.7, 0.9, fc="#fde2c8" if name == "GRPO" else "#dbe9f6", ec="k"))
+    ax.text(x + 0.85, 2.68, name, ha="center", weight="bold")
+    ax.text(x + 0.85, 2.32, detail, ha="center", fontsize=7)
+    if i:
+        ax.annotate("", (x, 2.55), (x - 0.3, 2.55), arrowprops=dict(arrowstyle="->"))
+weights = {k: w for k, w in reward_weights(config, step=0).items() if w > 0}
+for j, (name, w) in enumerate(weights.items()):
+    x = 5.0 + (j - (len(weights) - 1) / 2) * 1.9
+    ax.add_patch(plt.Rectangle((x - 0.85, 0.95), 1.7, 0.7, fc="#e6f4df", ec="k"))
+    ax.text(x, 1.3, f"{name}\n× {w:.2f}", ha="center", va="center", fontsize=8)
+    ax.annotate("", (5.0, 2.1), (x, 1.65), arrowprops=dict(arrowstyle="->", color="grey"))
+ax.text(5.0, 0.55, f"reward of each of the G replies (part 03), weights at GRPO step 0 ({config.profile}),"
+        f" minus {config.verbosity_penalty} × verbosity (over-long or looping replies)", ha="center", fontsize=8)
+fig.tight_layout()
+plt.show()
 
 # %% [markdown]
 # The `tpu` profile is sized for the 8 chips of a TPU v5e-8. `check_devices` stops here, naming
@@ -167,6 +205,23 @@ for name in ("KAGGLE_KEY", "HF_TOKEN"):
 #    which weights cannot be split, and why does `(4, 2)` work?
 # 3. Why does `print(env.get_secret("KAGGLE_KEY"))` never show the token? Read `env.Secret`.
 # 4. Where would the run directory be if you set `COURSE_RUN_DIR=/tmp/course`?
+#
+# **Questionnaire**
+#
+# 1. What does the first cell of every part do when `course_utils` is not installed?
+# 2. In which order do the training stages run, and which part runs each?
+# 3. Why can `tp` not be 8 for Gemma 3 1B?
+# 4. What decides the profile when `PROFILE` is None?
+#
+# <details><summary>Answers</summary>
+#
+# 1. It uses a checkout or a Kaggle input that contains the package, else pip-installs this
+#    repository pinned at the package's version tag (`COURSE_UTILS_URL`).
+# 2. SFT, then GRPO, both in part 06; evaluation (07) and export (08) follow.
+# 3. It has 1 key/value head and 4 query heads: a mesh axis can only split a dimension it divides.
+# 4. `COURSE_PROFILE` when set, otherwise the hardware (TPU → `tpu`, GPU → `gpu`, else `cpu`).
+#
+# </details>
 #
 # ## Further reading
 #

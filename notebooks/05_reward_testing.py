@@ -173,15 +173,30 @@ print(format_table(rows))
 # ## 6. Ablation: what each term adds
 #
 # Four schemes, switched on one after the other: correctness only; + trace (the static format
-# and coherence weights); + confidence (the annealed start, where part of correctness is paid as
-# calibration); and the annealed weights of the last step. Four replies: a good answer with
-# reasoning, a right answer with no trace, a wrong answer with a trace, and the same stated
-# over-confidently. Read each column from top to bottom.
+# and coherence weights); + confidence (the annealed start, where part of correctness moves to
+# calibration, which every reply earns unless it is wrong and over-confident: part 03); and the
+# annealed weights of the last step. Four replies: a good answer with reasoning, a right answer
+# with no trace, a wrong answer with a trace, and the same stated over-confidently. Read each
+# column from top to bottom.
 
 # %%
 from course_utils.reward_analysis import ablation_table
 
-print(format_table(ablation_table(config, example)))
+ablation = ablation_table(config, example)
+print(format_table(ablation))
+
+# %% [markdown]
+# The catalogue's tricks never beat the honest *right* answer, but an honest *wrong* answer can
+# beat a right one given bare: calibration pays the wrong reply too, and its trace earns format
+# and coherence. With the default and `cpu` weights this happens at the annealed start; the
+# correctness-led `tpu` weights keep the order on this pair. Only the correctness component
+# guarantees right > wrong.
+
+# %%
+right, wrong = ablation[1], ablation[2]  # "correct, no trace" and "wrong, with trace"
+for scheme in [k for k in right if k != "reply"]:
+    print(f"{scheme:<18} {right['reply']} {right[scheme]:.3f} | {wrong['reply']} {wrong[scheme]:.3f}"
+          + ("  <- the wrong answer wins" if wrong[scheme] > right[scheme] else ""))
 
 # %% [markdown]
 # ## 7. Gold versus perturbed: score distributions
@@ -207,7 +222,8 @@ display(Image(filename=plot_reward_distributions(scores, RUN_DIR / "reward_distr
 # - Real solutions in the course format score high and are always judged correct.
 # - No trick in the catalogue beats an honest, correct answer, on any of the loaded problems,
 #   at any point of the annealing schedule.
-# - Weight presets change the ranking of replies; the ablation shows what each term adds.
+# - Weight presets change the ranking of replies; the ablation shows what each term adds, and
+#   that a wrong answer with a trace can outscore a bare right one in the composite.
 # - Perturbed solutions score below the gold ones; losing the answer costs the most.
 #
 # ## Exercises
@@ -220,6 +236,23 @@ display(Image(filename=plot_reward_distributions(scores, RUN_DIR / "reward_distr
 #    trace? Compute it with `annealed_weights`.
 # 5. Add a perturbation that swaps two numbers in the question's restatement. Where does it
 #    land in the distributions?
+#
+# **Questionnaire**
+#
+# 1. What does the hacking catalogue compare each trick against, and what must hold on every row?
+# 2. Why is one problem not enough to trust the catalogue, and what does section 4 do instead?
+# 3. In the ablation, which term lets the wrong answer with a trace overtake the bare right one?
+# 4. Which perturbation costs the gold solutions the least, and why is that a weakness?
+#
+# <details><summary>Answers</summary>
+#
+# 1. The honest, correct answer to the same problem; the honest answer must score higher.
+# 2. A margin can depend on the problem; the sweep checks every loaded problem at four weightings.
+# 3. Calibration ("+ confidence"): it pays the wrong reply too, while correctness drops to 0.40.
+# 4. Shuffling the steps (mean 0.89 against 0.92 in the smoke profile's run): coherence checks that
+#    numbers are used later, not the order of a clean trace, so a shuffled trace keeps most credit.
+#
+# </details>
 #
 # ## Further reading
 #
