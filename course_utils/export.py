@@ -1,21 +1,20 @@
-"""Hand the trained model over: merged Hugging Face folder, Tunix/Orbax checkpoints, uploads (part 08).
+"""Hand the trained model over: merged Hugging Face folder, Tunix LoRA checkpoint, uploads (part 08).
 
-Three forms, all written under ``<run_dir>/export/`` by `export_all`:
+Two forms, both written under ``<run_dir>/export/`` by `export_all`:
 
 * ``hf/`` — the LoRA merged into the base weights, as a Hugging Face folder that
   ``transformers.AutoModelForCausalLM.from_pretrained`` loads as a Gemma 3 causal LM
   (``model.safetensors``, ``config.json`` of type ``gemma3_text``, ``generation_config.json``
   stopping at ``<eos>``/``<end_of_turn>`` = [1, 106], SentencePiece ``tokenizer.model`` with a
-  ``tokenizer_config.json`` that adds BOS, ``README.md`` model card).
+  ``tokenizer_config.json`` that adds BOS, ``README.md`` model card). Tunix loads the same
+  folder with its safetensors loader (`course_utils.model.load_checkpoint_dir`, i.e.
+  ``gemma3.params_safetensors.create_model_from_safe_tensors``), as it loads the cpu profile's
+  base model: the merged model in Tunix needs no second format.
 * ``tunix/lora/`` — only the LoRA weights, exactly as Tunix's own `CheckpointManager` writes
   them (``<step>/model_params``, an Orbax PyTree of ``nnx.state(model, nnx.LoRAParam)``) plus
   ``adapter_config.json`` (rank, α, base model). The community's restore snippet —
   ``StandardCheckpointer().restore(f"{path}/{step}/model_params", target=abstract_lora_state)`` —
   reads it as is. Small (megabytes); needs the base model to use.
-* ``tunix/merged/`` — the merged weights in the layout of Kaggle's ``google/gemma-3/flax``
-  checkpoints (``transformer/layer_N/attn/q_einsum`` …), so Tunix's
-  ``gemma3.params.create_model_from_checkpoint(path, model_config)`` loads it like the
-  original Gemma; ``tokenizer.model`` beside it.
 
 `merge_lora` folds each LoRA pair into its weight: W' = W + (α / r) · A·B, shaped by the layer's
 own einsum (Tunix's ``save_lora_merged_model_as_safetensors`` does the same but needs the base
@@ -44,8 +43,8 @@ from course_utils.tokenizer import BOS_ID, EOS_TOKENS, PAD_ID
 
 EXPORT_DIR = "export"
 # Export forms (the names `export_all` takes) and the folder each is written to under export/.
-HF_DIR, TUNIX_LORA_DIR, TUNIX_MERGED_DIR = "hf", "tunix_lora", "tunix_merged"
-FORM_PATHS = {HF_DIR: "hf", TUNIX_LORA_DIR: "tunix/lora", TUNIX_MERGED_DIR: "tunix/merged"}
+HF_DIR, TUNIX_LORA_DIR = "hf", "tunix_lora"
+FORM_PATHS = {HF_DIR: "hf", TUNIX_LORA_DIR: "tunix/lora"}
 GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
 BASE_MODEL_IDS = {"gemma3-270m": "google/gemma-3-270m", "gemma3-1b-it": "google/gemma-3-1b-it", "tiny": None}
 # Gemma's chat template (system text goes at the top of the first user turn, as in Gemma 3's own).
@@ -493,7 +492,7 @@ def save_tunix_lora(model: Any, out_dir: str | os.PathLike, *, step: int = 0, co
     from tunix.sft.checkpoint_manager import CheckpointManager
 
     if not lora_pairs(model):
-        raise ValueError("the model has no LoRA layers: nothing to save as an adapter (use save_tunix_merged).")
+        raise ValueError("the model has no LoRA layers: nothing to save as an adapter (export the hf/ folder).")
     rank = lora_rank(model)
     adapter = {
         "format": "tunix-lora (Orbax PyTree of nnx.state(model, nnx.LoRAParam))",
@@ -528,65 +527,6 @@ def load_tunix_lora(lora_model: Any, path: str | os.PathLike) -> Any:
             raise FileNotFoundError(f"no <step>/model_params under {path}")
         path = steps[-1][1] / "model_params"
     return restore_lora_params(lora_model, path)
-
-
-def upstream_params(params: Mapping[tuple, Any]) -> dict[str, dict[str, np.ndarray]]:
-    """Tunix weights in the layout of Kaggle's ``google/gemma-3/flax`` checkpoints (the inverse
-    of ``gemma3.params.map_from_upstream_checkpoint``): ``{"transformer/layer_0/attn/q_einsum":
-    {"w": …}, "transformer/layer_0/mlp/gating_einsum": {"w": (2, hidden, embed)}, …}``."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    flat = {tuple(_norm_key(k) for k in p): v for p, v in params.items()}
-    gates: dict[int, dict[str, np.ndarray]] = {}
-    for path, value in flat.items():
-        array = _np(value)
-        if path[0] == "embedder":
-            out.setdefault("transformer/embedder", {})[path[-1]] = array
-        elif path[0] == "final_norm":
-            out.setdefault("transformer/final_norm", {})[path[-1]] = array
-        elif path[0] == "layers":
-            i, module = path[1], path[2:-1]
-            if module in (("mlp", "gate_proj"), ("mlp", "up_proj")):
-                gates.setdefault(i, {})[module[1]] = array.T
-            elif module == ("mlp", "down_proj"):
-                out.setdefault(f"transformer/layer_{i}/mlp/linear", {})["w"] = array
-            else:
-                out.setdefault("/".join(["transformer", f"layer_{i}", *map(str, module)]), {})[path[-1]] = array
-        else:
-            raise ValueError(f"weight {'.'.join(map(str, path))} has no place in the Gemma Flax layout")
-    for i, pair in gates.items():
-        out[f"transformer/layer_{i}/mlp/gating_einsum"] = {"w": np.stack([pair["gate_proj"], pair["up_proj"]])}
-    return out
-
-
-def save_tunix_merged(params_or_model: Any, out_dir: str | os.PathLike, *, tokenizer: Any = None,
-                      alpha: float | None = None, config: Any = None) -> Path:
-    """The merged weights as an Orbax checkpoint in Kaggle's Gemma Flax layout, loadable with
-    ``tunix.models.gemma3.params.create_model_from_checkpoint(path, model_config)`` (part 08)."""
-    import orbax.checkpoint as ocp
-
-    params = params_or_model if isinstance(params_or_model, Mapping) else merge_lora(params_or_model, alpha, config=config)
-    tree = upstream_params(params)
-    with _StagedDir(out_dir) as tmp:
-        checkpointer = ocp.StandardCheckpointer()
-        try:
-            checkpointer.save(tmp / "checkpoint", tree)
-            checkpointer.wait_until_finished()
-        finally:
-            checkpointer.close()
-        if tokenizer is not None:
-            (tmp / "tokenizer.model").write_bytes(sentencepiece_bytes(tokenizer))
-    return Path(out_dir) / "checkpoint"
-
-
-def load_tunix_merged(path: str | os.PathLike, model_config: Any, mesh: Any = None, dtype: Any = None) -> Any:
-    """Load `save_tunix_merged`'s checkpoint with Tunix's own Gemma loader (part 08)."""
-    from tunix.models.gemma3 import params as params_lib
-
-    path = Path(path)
-    if (path / "checkpoint").is_dir():
-        path = path / "checkpoint"
-    return params_lib.create_model_from_checkpoint(str(path.resolve()), model_config, mesh,
-                                                   dtype=dtype or model_config.param_dtype)
 
 
 # ================================================================================================
@@ -653,7 +593,7 @@ class ExportReport:
 
 def export_all(model: Any, tokenizer: Any, model_config: Any, config: Any, run_dir: str | os.PathLike, *,
                step: int = 0, dtype: str = "float32", model_card: str | None = None,
-               forms: Sequence[str] = (HF_DIR, TUNIX_LORA_DIR, TUNIX_MERGED_DIR)) -> ExportReport:
+               forms: Sequence[str] = (HF_DIR, TUNIX_LORA_DIR)) -> ExportReport:
     """Write the chosen forms of the trained (LoRA) model under ``<run_dir>/export/`` (part 08)."""
     check_full_vocabulary(tokenizer, model_config)
     root = Path(run_dir) / EXPORT_DIR
@@ -673,11 +613,8 @@ def export_all(model: Any, tokenizer: Any, model_config: Any, config: Any, run_d
                 continue
             save_tunix_lora(model, root / FORM_PATHS[form], step=step, config=config)
             folders[form] = root / FORM_PATHS[form]
-        elif form == TUNIX_MERGED_DIR:
-            save_tunix_merged(params, root / FORM_PATHS[form], tokenizer=tokenizer)
-            folders[form] = root / FORM_PATHS[form]
         else:
-            raise ValueError(f"unknown export form {form!r}: choose from {HF_DIR}, {TUNIX_LORA_DIR}, {TUNIX_MERGED_DIR}")
+            raise ValueError(f"unknown export form {form!r}: choose from {HF_DIR}, {TUNIX_LORA_DIR}")
         seconds[form] = time.perf_counter() - start
     return ExportReport(root, folders, seconds)
 

@@ -12,7 +12,7 @@
 # - merge LoRA into the base weights: W' = W + (α / r) · A·B;
 # - write a Hugging Face folder that `transformers` loads as a Gemma 3 causal LM, and check its
 #   logits against Tunix's on the same tokens;
-# - write Tunix/Orbax checkpoints (LoRA only, and merged) and prove they reload identically;
+# - write a Tunix/Orbax LoRA checkpoint and prove it and the merged folder reload identically in Tunix;
 # - generate the model card and upload to Kaggle Models and the Hugging Face Hub.
 #
 # **Prerequisites**: part 06 (a trained checkpoint; without one the untrained LoRA model is
@@ -120,15 +120,14 @@ display(Markdown(card.split("---", 2)[2][:3000]))
 # %% [markdown]
 # ## 3. Writing every form
 #
-# `export_all` writes three folders under `export/` in the run directory, each first under a
+# `export_all` writes two folders under `export/` in the run directory, each first under a
 # hidden temporary name and renamed when complete, so an interrupted export never leaves a
 # broken folder behind:
 #
 # | folder | what | loads with |
 # |---|---|---|
-# | `hf/` | merged weights, `config.json` (`gemma3_text`), tokenizer, generation config, card | `transformers` |
+# | `hf/` | merged weights, `config.json` (`gemma3_text`), tokenizer, generation config, card | `transformers`, Tunix |
 # | `tunix/lora/<step>/model_params` | LoRA weights only, Tunix's own checkpoint layout | Tunix + base model |
-# | `tunix/merged/` | merged weights in the layout of Kaggle's Gemma Flax checkpoints | Tunix |
 
 # %%
 step = found.step if found else 0
@@ -161,17 +160,19 @@ except ImportError as err:
 # ## 5. Do the Tunix checkpoints reload?
 #
 # The LoRA checkpoint goes back onto the base model wrapped in *new* LoRA layers (other random
-# A matrices, so a restore that silently did nothing would show); the merged checkpoint loads with Tunix's own Gemma
-# loader, `gemma3.params.create_model_from_checkpoint`. Both must reproduce the logits exactly.
+# A matrices, so a restore that silently did nothing would show); the merged `hf/` folder loads with Tunix's own
+# safetensors loader, `gemma3.params_safetensors.create_model_from_safe_tensors`. Both must reproduce the logits exactly.
 
 # %%
 fresh = apply_lora(base.model, config, seed=config.seed + 1)
 if "tunix_lora" in report.folders:
     ex.load_tunix_lora(fresh, report.folders["tunix_lora"])
     print("LoRA checkpoint:   max |Δ logits| =", np.abs(np.asarray(forward_logits(fresh, tokens)) - lora_logits).max())
-reloaded = ex.load_tunix_merged(report.folders["tunix_merged"], loaded.model_config)
+from course_utils.model import load_checkpoint_dir
+
+reloaded = load_checkpoint_dir(report.folders["hf"], loaded.model_config, dtype=loaded.model_config.param_dtype)
 merged_logits = np.asarray(forward_logits(merged, tokens))
-print("merged checkpoint: max |Δ logits| =", np.abs(np.asarray(forward_logits(reloaded, tokens)) - merged_logits).max())
+print("hf/ in Tunix:      max |Δ logits| =", np.abs(np.asarray(forward_logits(reloaded.model, tokens)) - merged_logits).max())
 
 # %% [markdown]
 # To restore the LoRA checkpoint in your own Tunix code (the snippet the Kaggle Tunix community
@@ -238,8 +239,8 @@ print(ex.upload_to_huggingface(report.folders["hf"], repo_id, private=HF_PRIVATE
 # - A LoRA adapter folds into its weight exactly: W' = W + (α / r)·A·B.
 # - `export/hf` loads in `transformers` as `Gemma3ForCausalLM` with the same logits as Tunix, its
 #   tokenizer adds BOS and its generation stops at `<end_of_turn>`.
-# - `export/tunix/lora` is Tunix's own checkpoint layout; `export/tunix/merged` is Kaggle's Gemma
-#   Flax layout. Both reload with identical logits.
+# - `export/tunix/lora` is Tunix's own checkpoint layout; `export/hf` also loads in Tunix
+#   (its safetensors loader). Both reload with identical logits.
 # - The model card is generated from part 07's results; Gemma's terms apply to every copy.
 # - Uploads run only with credentials and `UPLOAD = True`; otherwise they list what would go.
 #

@@ -13,7 +13,7 @@ soon as GRPO's checkpoint K is on disk, as when a Kaggle session dies; `train` a
 `--then-check` goes on in the same process (no second JAX start) with `check`: the trained
 model loaded as parts 07/08 load it, greedy generation, the logits of the loaded model and the
 loss of the first SFT step recomputed; on more than one device also part 07's evaluation, part
-08's exports (each loaded back: transformers, Tunix LoRA, Tunix merged) and a tiny model written
+08's exports (each loaded back: hf/ in transformers and in Tunix, Tunix LoRA) and a tiny model written
 in the layout of Kaggle's Gemma 3 Flax checkpoint loaded through `model.load_checkpoint_dir`
 onto the mesh. `check` on its own, in a process with one device, computes the same comparable
 figures there. Each writes `R/rehearsal/<devices>.json` (+ `.npz` of logits) for the test.
@@ -111,7 +111,7 @@ def kaggle_flax_layout(loaded, mesh, folder: Path) -> dict:
     back through the course's loader (`model.load_checkpoint_dir`, which calls Tunix's
     `gemma3.params.create_model_from_checkpoint`) onto `mesh`.
 
-    The layout is the one Tunix's loader reads: `export.upstream_params` builds it, and
+    The layout is the one Tunix's loader reads: test_model's `_upstream_params` builds it, and
     Tunix's own `map_from_upstream_checkpoint` must map it back onto every weight of the model
     unchanged; the names and shapes are those Tunix's docstring lists for the 1B
     (`transformer/layer_0/attn/kv_einsum` w (2, KV heads, width, head width), ...).
@@ -125,8 +125,10 @@ def kaggle_flax_layout(loaded, mesh, folder: Path) -> dict:
     from course_utils import export as ex
     from course_utils.model import load_checkpoint_dir
 
+    from test_model import _upstream_params  # Kaggle's layout, as the loader tests build it
+
     written = {k: np.asarray(v) for k, v in ex.base_params(loaded.model).items()}
-    tree = ex.upstream_params(written)
+    tree = _upstream_params(loaded.model)
     back = {tuple(ex._norm_key(k) for k in p): v
             for p, v in flax.traverse_util.flatten_dict(params_lib.map_from_upstream_checkpoint(tree)).items()}
     assert set(back) == set(written), sorted(set(back) ^ set(written))[:5]
@@ -178,7 +180,7 @@ def check(run: Path) -> dict:
     from course_utils.generate import forward_logits, generate, sampler_tokens
     from flax import nnx
 
-    from course_utils.model import load_model, model_mesh
+    from course_utils.model import load_checkpoint_dir, load_model, model_mesh
 
     config = TrainingConfig.load(run / "config.json")
     mesh = model_mesh(config)
@@ -221,8 +223,9 @@ def check(run: Path) -> dict:
                                step=found.step, dtype="float32")
         out["exports"] = {name: str(path.relative_to(run)) for name, path in report.folders.items()}
         lap("exports")
-        merged = ex.load_tunix_merged(report.folders[ex.TUNIX_MERGED_DIR], trained.model_config, mesh)
-        arrays["tunix_merged_logits"] = np.asarray(forward_logits(merged, tokens))
+        merged = load_checkpoint_dir(report.folders[ex.HF_DIR], trained.model_config, mesh,
+                                     dtype=trained.model_config.param_dtype)
+        arrays["tunix_hf_logits"] = np.asarray(forward_logits(merged.model, tokens))
         arrays["hf_logits"] = ex.transformers_logits(report.folders[ex.HF_DIR], tokens)
         out["kaggle_flax"] = kaggle_flax_layout(base, mesh, run / "kaggle_flax")
         # The adapter export into the trained model's own LoRA layers, wiped first (no second
@@ -232,7 +235,7 @@ def check(run: Path) -> dict:
         arrays["wiped_lora_logits"] = np.asarray(forward_logits(trained.model, tokens))
         ex.load_tunix_lora(trained.model, report.folders[ex.TUNIX_LORA_DIR])
         arrays["tunix_lora_logits"] = np.asarray(forward_logits(trained.model, tokens))
-        lap("exports loaded back (tunix merged, transformers, tunix LoRA) + kaggle flax layout")
+        lap("exports loaded back (hf/ in tunix and transformers, tunix LoRA) + kaggle flax layout")
     np.savez(folder / f"{n}.npz", **arrays)
     (folder / f"{n}.json").write_text(json.dumps(out, indent=1, default=str))
     print(f"rehearsal: check on {n} device(s) written to {folder / f'{n}.json'}", flush=True)

@@ -79,11 +79,11 @@ def test_tpu_path_on_eight_simulated_devices_trains_is_killed_resumes_and_matche
     assert evaluation["greedy_replies"] == eight["greedy_replies"]  # the same greedy decoding
 
     # Part 08's exports, each loaded back and run on the same tokens as the trained model.
-    assert set(eight["exports"]) == {"hf", "tunix_lora", "tunix_merged"}
+    assert set(eight["exports"]) == {"hf", "tunix_lora"}
     logits = arrays8["logits"]
     assert np.abs(arrays8["wiped_lora_logits"] - logits).max() > 1e-3 * scale  # GRPO moved the LoRA weights
     np.testing.assert_allclose(arrays8["tunix_lora_logits"], logits, rtol=0, atol=1e-6 * scale)
-    np.testing.assert_allclose(arrays8["tunix_merged_logits"], logits, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(arrays8["tunix_hf_logits"], logits, rtol=0, atol=1e-4 * scale)  # hf/ in Tunix
     np.testing.assert_allclose(arrays8["hf_logits"], logits, rtol=0, atol=1e-4 * scale)  # transformers, float32
 
     # A tiny model in Kaggle's Gemma 3 Flax checkpoint layout, through the course's loader,

@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     fresh = apply_lora(loaded.model, config, seed=config.seed + 1)
     ex.load_tunix_lora(fresh, report.folders["tunix_lora"])
     print("max |Δ logits| reloaded Tunix LoRA checkpoint: ", worst(np.asarray(forward_logits(fresh, tokens))))
-    reloaded = ex.load_tunix_merged(report.folders["tunix_merged"], loaded.model_config)
-    print("max |Δ logits| reloaded Tunix merged checkpoint:", worst(np.asarray(forward_logits(reloaded, tokens))))
+    from course_utils.model import load_checkpoint_dir
+
+    reloaded = load_checkpoint_dir(report.folders["hf"], loaded.model_config, dtype=loaded.model_config.param_dtype).model
+    print("max |Δ logits| hf/ folder reloaded in Tunix:   ", worst(np.asarray(forward_logits(reloaded, tokens))))
     try:
         start = time.perf_counter()
         hf = ex.transformers_logits(report.folders["hf"], tokens)
