@@ -151,8 +151,8 @@ print("majority of ['18', '18.0', '20', None]:", ev.majority_answer(["18", "18.0
 # ## 5. The base model
 #
 # The baseline is the model before any training, asked the same prompts (part 03's
-# `build_prompt`) in batches through Tunix's sampler. Greedy decoding gives the headline numbers,
-# as in the Kaggle Tunix competition's judging; then k sampled replies per problem for the first
+# `build_prompt`) in batches through Tunix's sampler. Greedy decoding gives the headline numbers
+# (deterministic: a rerun gives the same replies); then k sampled replies per problem for the first
 # `SAMPLED_EXAMPLES` problems. A result saved earlier under the same settings is reused, and so
 # are the greedy replies part 06 saved for the same checkpoint: only the sampled ones are new.
 
@@ -260,6 +260,29 @@ for r in results:
 # 4. Find a reply counted `lenient` but not `strict` in `eval/grpo.jsonl`. Would a reward that
 #    only checked the last number have taught the model the format?
 # 5. Why is the paired interval on GRPO − SFT narrower than the two separate intervals suggest?
+#
+# **Questionnaire**
+#
+# 1. A reply ends "… so she has 18 apples" with no `<answer>` tag. Is it strict-correct? Lenient-correct?
+# 2. n = 4 samples, c = 1 right: what is pass@1, and what is pass@4?
+# 3. Why are the headline numbers greedy rather than sampled?
+# 4. Two models are scored on the same problems. Why compare them with a paired bootstrap
+#    rather than two separate intervals?
+# 5. Evaluation scores the composite reward with `final_weights`. Why those weights?
+#
+# <details><summary>Answers</summary>
+#
+# 1. Not strict (strict reads only the tagged answer); lenient-correct if 18 is right (it reads
+#    the last number).
+# 2. pass@1 = 1/4 = 0.25; pass@4 = 1 − C(3, 4)/C(4, 4) = 1: one of the four samples is right.
+# 3. Greedy decoding is deterministic: the same model gives the same number on a rerun, so a
+#    difference between models is not sampling noise.
+# 4. Most of the variance comes from which problems are easy; pairing on the same problems
+#    cancels it, so the interval on the difference is narrower and honest.
+# 5. They are what the last GRPO step paid, so the composite at evaluation is the training
+#    reward at the end (part 03).
+#
+# </details>
 #
 # ## Further reading
 #
