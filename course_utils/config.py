@@ -22,6 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from course_utils.env import default_profile, run_dir
+from course_utils.files import atomic_write
+
 PROFILES = ("smoke", "cpu", "gpu", "tpu")
 MODELS = ("tiny", "gemma3-270m", "gemma3-1b-it")
 PARAM_DTYPES = ("bfloat16", "float32")
@@ -181,8 +184,6 @@ class TrainingConfig:
     @classmethod
     def from_env(cls, **overrides: Any) -> "TrainingConfig":
         """The profile named by `COURSE_PROFILE`, or the one the hardware suggests."""
-        from course_utils.env import default_profile
-
         name = os.environ.get("COURSE_PROFILE", "").strip().lower() or default_profile()
         return cls.for_profile(name, **overrides)
 
@@ -232,8 +233,6 @@ class TrainingConfig:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the configuration as JSON (part 02 saves it into the run directory)."""
-        from course_utils.files import atomic_write
-
         return atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
@@ -576,8 +575,6 @@ def load_run_config(profile: str | None = None, **overrides: Any) -> TrainingCon
     Every notebook from part 03 on starts with this, so it runs cold. `profile` defaults to
     `COURSE_PROFILE` or the hardware's choice; `overrides` (a notebook's parameters) win.
     """
-    from course_utils.env import default_profile, run_dir
-
     name = (profile or os.environ.get("COURSE_PROFILE", "").strip().lower() or default_profile())
     path = run_dir(name) / CONFIG_FILE
     if path.exists():

@@ -1,13 +1,16 @@
 """Where the course runs: Kaggle or not, which accelerator, where outputs go, secrets (part 01).
 
-Nothing here imports JAX at module import time, so the install cell of part 01 can use it
-before JAX is installed.
+JAX is imported inside the functions that need it, on purpose: part 01's install cell uses this
+module before JAX is installed (or replaced by `jax[tpu]` on a TPU host).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import platform as _platform
 import shutil
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +186,6 @@ def mesh_problems(shape: tuple[int, int], model_config: Any) -> list[str]:
     only split a dimension whose length k divides, so Gemma 3 1B's 4 query heads rule out tp=8.
     Computed from shapes alone (no devices needed).
     """
-    import math
-
     fsdp, tp = (int(x) for x in shape)
     if fsdp < 1 or tp < 1:
         return [f"mesh shape {tuple(shape)} must have positive sizes"]
@@ -320,8 +321,6 @@ def device_memory_gib(device: Any) -> float | None:
 def describe() -> dict[str, Any]:
     """A summary of this machine for part 01: platform, devices and their memory, Kaggle, the
     versions of JAX, jaxlib, libtpu and the course's libraries."""
-    import platform as _platform
-
     import jax
 
     devices = jax.devices()
@@ -336,7 +335,6 @@ def describe() -> dict[str, Any]:
         "kaggle": is_kaggle(),
         "default_profile": default_profile(),
     }
-    from importlib import metadata
 
     for dist in ("jaxlib", "libtpu", "google-tunix", "flax", "optax", "orbax-checkpoint", "qwix"):
         try:

@@ -16,6 +16,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
+from course_utils.env import is_kaggle
+
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 
 # Mirrors requirements.txt (a test keeps the two equal), so a Kaggle notebook that found
@@ -79,8 +83,6 @@ def libtpu_requirement() -> str | None:
     """The libtpu requirement of the pinned jax's `tpu` extra, read from jax's own metadata
     (jax 0.10.2: "libtpu==0.0.42.*"); None when jax is absent or not at its pin (installing
     `jax[tpu]` at the pin then brings the right one)."""
-    from packaging.requirements import Requirement
-
     if installed_version("jax") != PINS["jax"]:
         return None
     for text in metadata.requires("jax") or []:
@@ -98,8 +100,6 @@ def tpu_packages() -> list[str]:
 
 def libtpu_matches() -> bool:
     """True when the installed libtpu is the one the pinned jax requires."""
-    from packaging.requirements import Requirement
-
     need, have = libtpu_requirement(), installed_version("libtpu")
     return need is not None and have is not None and Requirement(need).specifier.contains(have, prereleases=True)
 
@@ -138,8 +138,6 @@ def ensure_packages(tpu: bool | None = None, dry_run: bool = False) -> None:
     When it changed jax, jaxlib or libtpu it says that a kernel restart is needed: a running
     kernel keeps the JAX (and the TPU runtime) it loaded.
     """
-    from course_utils.env import is_kaggle
-
     wanted = packages_to_install(on_tpu_host() if tpu is None else tpu)
     if not wanted:
         print("packages: all pinned packages present, nothing to install")

@@ -12,6 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import numpy as np
+import qwix
+from flax import nnx
+from tunix.rl import reshard
+
+from course_utils.config import TrainingConfig
+from course_utils.memory import lora_parameter_count, weight_counts  # noqa: F401 (lora_parameter_count: part 04's name)
+from course_utils.model import tunix_model_config
+
 # Regular expression on module paths such as `layers/3/attn/q_einsum` (qwix matches it with re).
 LORA_TARGETS = ("q_einsum", "kv_einsum", "attn_vec_einsum", "gate_proj", "up_proj", "down_proj")
 LORA_MODULE_PATH = "|".join(f".*{name}" for name in LORA_TARGETS)
@@ -23,9 +33,6 @@ def apply_lora(model: Any, config: Any, mesh: Any = None, seed: int | None = Non
     `mesh` (default: the mesh the base weights live on, if any) places the new LoRA weights
     with the model's sharding rules. `seed` (default `config.seed`) initialises the A matrices.
     """
-    import qwix
-    from flax import nnx
-
     if getattr(type(model), "_unquantized_type", None) is not None:
         raise ValueError("this model already has LoRA adapters: pass the base model to apply_lora.")
     provider = qwix.LoraProvider(module_path=LORA_MODULE_PATH, rank=config.lora_rank, alpha=float(config.lora_alpha))
@@ -38,8 +45,6 @@ def apply_lora(model: Any, config: Any, mesh: Any = None, seed: int | None = Non
         raise RuntimeError(f"LoRA found no module named {missing}: is this a Gemma 3 model?")
     mesh = mesh if mesh is not None else _mesh_of(model)
     if mesh is not None:
-        from tunix.rl import reshard
-
         lora_model = reshard.reshard_model_to_mesh(lora_model, mesh)
     return lora_model
 
@@ -49,16 +54,10 @@ def _path(path: tuple) -> str:
 
 
 def _lora_leaves(model: Any) -> list[tuple[tuple, Any]]:
-    import jax
-    from flax import nnx
-
     return jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.LoRAParam))
 
 
 def _mesh_of(model: Any) -> Any:
-    import jax
-    from flax import nnx
-
     for leaf in jax.tree.leaves(nnx.state(model, frozen_filter())):
         sharding = getattr(leaf, "sharding", None)
         if isinstance(sharding, jax.sharding.NamedSharding):
@@ -68,15 +67,11 @@ def _mesh_of(model: Any) -> Any:
 
 def frozen_filter() -> Any:
     """The nnx filter of the frozen base weights (nnx.LoRAParam is a subclass of nnx.Param)."""
-    from flax import nnx
-
     return nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
 
 
 def lora_state(model: Any) -> Any:
     """The LoRA weights only (an nnx State of LoRAParam): what training changes and saves."""
-    from flax import nnx
-
     return nnx.state(model, nnx.LoRAParam)
 
 
@@ -87,10 +82,6 @@ def parameter_counts(base: Any, lora: Any) -> dict[str, Any]:
     "trainable_percent": 100 * lora / total, "lora_by_target": {q_einsum: ..., ...},
     "shares_base_weights": whether the LoRA model reuses the base's arrays}.
     """
-    import jax
-    import numpy as np
-    from flax import nnx
-
     base_state = nnx.state(base, frozen_filter())
     base_count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(base_state)))
     by_target = dict.fromkeys(LORA_TARGETS, 0)
@@ -130,32 +121,9 @@ def format_parameter_table(counts: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def lora_parameter_count(model_config: Any, rank: int) -> dict[str, int]:
-    """LoRA scalars per target module, from the shapes alone (what qwix creates; checked in tests).
-
-    Each adapter is A (inputs × r) and B (r × outputs): q_einsum D → N·H, kv_einsum D → 2·K·H,
-    attn_vec_einsum N·H → D, gate/up D → F, down F → D; times the number of layers.
-    """
-    c = model_config
-    d, f, n, k, h = c.embed_dim, c.hidden_dim, c.num_heads, c.num_kv_heads, c.head_dim
-    per_layer = {
-        "q_einsum": rank * (d + n * h),
-        "kv_einsum": rank * (d + 2 * k * h),
-        "attn_vec_einsum": rank * (n * h + d),
-        "gate_proj": rank * (d + f),
-        "up_proj": rank * (d + f),
-        "down_proj": rank * (f + d),
-    }
-    return {name: size * c.num_layers for name, size in per_layer.items()}
-
-
 def parameter_counts_by_profile(profiles: tuple[str, ...] = ("smoke", "cpu", "tpu")) -> list[dict[str, Any]]:
     """Trainable vs total parameters for each profile's model and LoRA rank, from shapes alone
     (nothing is loaded): rows {profile, model, rank, lora, total, trainable_percent}."""
-    from course_utils.config import TrainingConfig
-    from course_utils.memory import weight_counts
-    from course_utils.model import tunix_model_config
-
     rows = []
     for name in profiles:
         config = TrainingConfig.for_profile(name)

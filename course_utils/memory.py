@@ -19,8 +19,18 @@ simulated devices, not a TPU's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from course_utils.config import TrainingConfig
+from course_utils.model import abstract_model, tunix_model_config
+from course_utils.vocab import KEPT_SIZE
 
 GIB = 1024**3
 
@@ -35,8 +45,6 @@ TARGETS = (
 
 
 def _bytes_per(dtype: Any) -> int:
-    import numpy as np
-
     return int(np.dtype(dtype).itemsize)
 
 
@@ -67,11 +75,6 @@ _WEIGHT_COUNTS: dict[tuple, tuple[int, int]] = {}
 
 
 def _weight_counts(model_config: Any, mesh_shape: tuple[int, int]) -> tuple[int, int]:
-    import jax
-    from flax import nnx
-
-    from course_utils.model import abstract_model
-
     state = nnx.state(abstract_model(model_config), nnx.Param)
     specs = nnx.get_partition_spec(state)
     mesh_axes = {"fsdp": mesh_shape[0], "tp": mesh_shape[1]}
@@ -132,6 +135,25 @@ def update_terms(config: Any, model_config: Any, mesh_shape: tuple[int, int]) ->
     }
 
 
+def lora_parameter_count(model_config: Any, rank: int) -> dict[str, int]:
+    """LoRA scalars per target module, from the shapes alone (what qwix creates; checked in tests).
+
+    Each adapter is A (inputs × r) and B (r × outputs): q_einsum D → N·H, kv_einsum D → 2·K·H,
+    attn_vec_einsum N·H → D, gate/up D → F, down F → D; times the number of layers.
+    """
+    c = model_config
+    d, f, n, k, h = c.embed_dim, c.hidden_dim, c.num_heads, c.num_kv_heads, c.head_dim
+    per_layer = {
+        "q_einsum": rank * (d + n * h),
+        "kv_einsum": rank * (d + 2 * k * h),
+        "attn_vec_einsum": rank * (n * h + d),
+        "gate_proj": rank * (d + f),
+        "up_proj": rank * (d + f),
+        "down_proj": rank * (f + d),
+    }
+    return {name: size * c.num_layers for name, size in per_layer.items()}
+
+
 def update_temporaries(config: Any, model_config: Any, mesh_shape: tuple[int, int]) -> float:
     """Bytes per device of the GRPO update's temporaries (activations, logits, their gradients,
     gathered weights): `update_terms` weighted by `UPDATE_FIT`."""
@@ -141,14 +163,8 @@ def update_temporaries(config: Any, model_config: Any, mesh_shape: tuple[int, in
 
 def memory_table(config: Any, mesh_shape: tuple[int, int] = (1, 1)) -> list[dict[str, Any]]:
     """Rows {component, detail, total_gib, per_device_gib} for `config`'s model on `mesh_shape`."""
-    from course_utils.lora import lora_parameter_count
-    from course_utils.model import tunix_model_config
-
     mc = tunix_model_config(config)
     if getattr(config, "vocab_trim", False):  # only the kept embedding rows (course_utils.vocab)
-        import dataclasses
-
-        from course_utils.vocab import KEPT_SIZE
 
         mc = dataclasses.replace(mc, num_embed=min(mc.num_embed, KEPT_SIZE))
     w = _bytes_per(mc.param_dtype)
@@ -202,13 +218,9 @@ def format_memory_table(table: list[dict[str, Any]], title: str = "", device_gib
 
 def target_tables() -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """(target, table) for 1B on a TPU v5e-8 and 270M on CPU, each with its profile's config."""
-    from course_utils.config import TrainingConfig
-
     return [(t, memory_table(TrainingConfig.for_profile(t["profile"]), t["mesh"])) for t in TARGETS]
 
 
 def host_memory_gib() -> float:
     """This machine's RAM in GiB (the CPU profile's 'device')."""
-    import os
-
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB

@@ -33,14 +33,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gguf
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+from tunix.models.gemma3 import params as params_lib
+from tunix.models.gemma3 import params_safetensors
+from tunix.models.gemma3.model import (
+    GEMMA3_ATTENTION_PATTERN,
+    AttentionType,
+    Gemma3,
+    ModelConfig,
+)
+
+from course_utils.env import check_devices, get_secret, make_mesh
 from course_utils.export import GENERATION_CONFIG, hf_config
 from course_utils.files import atomic_write
+from course_utils.generate import compiled_forward
 from course_utils.tokenizer import (
+    BOS_ID,
     check_tokenizer,
     gguf_vocabulary,
     load_sentencepiece,
     sentencepiece_from_gguf,
 )
+from course_utils.vocab import trim_loaded
 
 # Bump when the conversion below changes: older cached folders are then rebuilt.
 CONVERTER_VERSION = 1
@@ -87,17 +106,12 @@ def cache_dir() -> Path:
 
 
 def _dtype(config: Any) -> Any:
-    import jax.numpy as jnp
-
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.param_dtype]
 
 
 # --- Tunix model configurations -------------------------------------------------------------------
 def tiny_model_config(vocab_size: int = TINY_VOCAB_SIZE, dtype: Any = None) -> Any:
     """The smoke profile's Gemma 3: 2 layers, width 64, 4 heads of 16, 1 KV head (Tunix's test size)."""
-    import jax.numpy as jnp
-    from tunix.models.gemma3.model import ModelConfig
-
     return ModelConfig(
         num_layers=2, num_embed=vocab_size, embed_dim=64, hidden_dim=128, num_heads=4, head_dim=16,
         num_kv_heads=1, sliding_window_size=128, local_base_frequency=10_000,
@@ -107,8 +121,6 @@ def tiny_model_config(vocab_size: int = TINY_VOCAB_SIZE, dtype: Any = None) -> A
 
 def tunix_model_config(config: Any) -> Any:
     """The Tunix `ModelConfig` for `config.model`, with `config.param_dtype` as parameter dtype."""
-    from tunix.models.gemma3.model import ModelConfig
-
     if config.model == "tiny":
         return tiny_model_config(dtype=_dtype(config))
     build = {"gemma3-270m": ModelConfig.gemma3_270m, "gemma3-1b-it": ModelConfig.gemma3_1b_it}[config.model]
@@ -117,8 +129,6 @@ def tunix_model_config(config: Any) -> Any:
 
 def architecture(model_config: Any) -> dict[str, Any]:
     """Layers, widths, attention pattern (L = local sliding window, G = global) and vocabulary."""
-    from tunix.models.gemma3.model import GEMMA3_ATTENTION_PATTERN, AttentionType
-
     pattern = "".join(
         "G" if GEMMA3_ATTENTION_PATTERN[i % len(GEMMA3_ATTENTION_PATTERN)] == AttentionType.GLOBAL else "L"
         for i in range(model_config.num_layers)
@@ -143,18 +153,11 @@ def abstract_model(model_config: Any) -> Any:
     """Tunix's Gemma 3 for `model_config` as shapes only (`nnx.eval_shape`): nothing is allocated,
     so the 1B's FLOPs, weight counts, shardings and compiled memory come out on any CPU (parts 04,
     06; memory; tools.kaggle_job, tools.rehearse). Under `jax.set_mesh(mesh)` its leaves carry their shardings."""
-    from flax import nnx
-    from tunix.models.gemma3.model import Gemma3
-
     return nnx.eval_shape(lambda: Gemma3(model_config, rngs=nnx.Rngs(0)))
 
 
 def count_parameters(model: Any, kind: Any = None) -> int:
     """Number of scalars in the model's `kind` variables (default: base weights, LoRA excluded)."""
-    import jax
-    import numpy as np
-    from flax import nnx
-
     state = nnx.state(model, kind or nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
 
@@ -162,8 +165,6 @@ def count_parameters(model: Any, kind: Any = None) -> int:
 def model_mesh(config: Any, shape: tuple[int, int] | None = None) -> Any:
     """The device mesh for `config.model` on this machine (parts 01, 04, 06): `shape`, else the one
     `course_utils.env.choose_mesh_shape` picks from the device count and the model's heads."""
-    from course_utils.env import make_mesh
-
     return make_mesh(shape, tunix_model_config(config))
 
 
@@ -178,8 +179,6 @@ def load_model(config: Any, mesh: Any = None, full_vocabulary: bool = False) -> 
     CPU. Parameters are placed with Gemma 3's sharding rules on it. The `tpu` profile refuses to
     load anywhere but on TPUs (`course_utils.env.check_devices`).
     """
-    from course_utils.env import check_devices
-
     if config.model not in ("tiny", "gemma3-270m", "gemma3-1b-it"):  # guards hand-made config objects
         raise ValueError(f"model={config.model!r} is unknown; choose tiny, gemma3-270m or gemma3-1b-it.")
     check_devices(config)
@@ -202,8 +201,6 @@ def load_model(config: Any, mesh: Any = None, full_vocabulary: bool = False) -> 
             f"{loaded.model_config.num_embed} embeddings: they do not belong together."
         )
     if getattr(config, "vocab_trim", False) and not full_vocabulary:
-        from course_utils.vocab import trim_loaded
-
         loaded = trim_loaded(loaded)
     loaded.source += f"; loaded in {time.perf_counter() - start:.1f} s"
     return loaded
@@ -228,10 +225,6 @@ def random_model(model_config: Any, mesh: Any = None, seed: int = 0, scale: floa
     Tunix's `create_dummy_model` draws every shard separately, which gives each mesh different
     weights; on one device the two agree.
     """
-    import jax
-    from flax import nnx
-    from tunix.models.gemma3.model import Gemma3
-
     abstract = nnx.eval_shape(lambda: Gemma3(model_config, rngs=nnx.Rngs(params=0)))
     graph_def, abstract_state = nnx.split(abstract)
     shapes = abstract_state.to_pure_dict()
@@ -250,8 +243,6 @@ def random_model(model_config: Any, mesh: Any = None, seed: int = 0, scale: floa
 def _normal_draw(shape: tuple[int, ...], dtype: Any, sharding: Any, scale: float) -> Any:
     """`key -> scale · N(0, 1)` of one shape, compiled once per (shape, dtype, sharding, scale):
     layers of the same shape, and every later model of the process, reuse it."""
-    import jax
-
     return jax.jit(lambda key: scale * jax.random.normal(key, shape, dtype=dtype), out_shardings=sharding)
 
 
@@ -325,9 +316,6 @@ def _file_identity(path: Path) -> str:
 
 def model_config_from_gguf(reader: Any, dtype: Any = None) -> Any:
     """A Tunix Gemma 3 `ModelConfig` from a GGUF file's `gemma3.*` metadata."""
-    import jax.numpy as jnp
-    from tunix.models.gemma3.model import ModelConfig
-
     def field(name: str) -> Any:
         if name not in reader.fields:
             raise ValueError(f"GGUF metadata {name!r} is missing: not a Gemma 3 GGUF file")
@@ -359,10 +347,6 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     conversion never leaves a half-written folder behind. llama.cpp stores Gemma's RMSNorm
     weights with +1 added: subtracted here. q/k are not permuted for Gemma.
     """
-    import gguf
-    import numpy as np
-    from safetensors.numpy import save_file
-
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     reader = gguf.GGUFReader(str(gguf_path))
     model_config = model_config_from_gguf(reader)
@@ -455,10 +439,6 @@ def converted_checkpoint(gguf_path: str | Path | None = None) -> tuple[Path, boo
 
 def load_gguf_model(gguf_path: str | Path | None = None, mesh: Any = None, dtype: Any = None) -> LoadedModel:
     """The real Gemma 3 270M (or any Gemma 3 GGUF) through Tunix's safetensors loader (part 04)."""
-    import jax.numpy as jnp
-    from tunix.models.gemma3 import params_safetensors
-    from tunix.models.gemma3.model import ModelConfig
-
     folder, reused = converted_checkpoint(gguf_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     dtype = dtype or jnp.float32
@@ -476,8 +456,6 @@ def load_gguf_model(gguf_path: str | Path | None = None, mesh: Any = None, dtype
 
 
 def _model_config_from_manifest(fields: dict[str, Any], dtype: Any) -> Any:
-    from tunix.models.gemma3.model import ModelConfig
-
     return ModelConfig(**{k: fields[k] for k in (
         "num_layers", "num_embed", "embed_dim", "hidden_dim", "num_heads", "head_dim", "num_kv_heads",
         "sliding_window_size", "local_base_frequency", "global_base_frequency")}, param_dtype=dtype)
@@ -519,8 +497,6 @@ def _access_message(handle: str, err: BaseException) -> str:
 
 def download_kaggle(handle: str) -> Path:
     """Download (or find in kagglehub's cache) a Kaggle model; ModelAccessError with the fix if refused."""
-    from course_utils.env import get_secret
-
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
         if not os.environ.get(name):
             secret = get_secret(name)
@@ -547,8 +523,6 @@ def load_checkpoint_dir(root: str | Path, model_config: Any, mesh: Any = None, d
 
     The tokenizer is the folder's `tokenizer.model` (both Kaggle variants ship one).
     """
-    import jax.numpy as jnp
-
     root = Path(root)
     dtype = dtype or jnp.bfloat16
     tokenizers = sorted(root.rglob("tokenizer.model"))
@@ -557,15 +531,12 @@ def load_checkpoint_dir(root: str | Path, model_config: Any, mesh: Any = None, d
     tokenizer = load_sentencepiece(tokenizers[0])
     safetensors = sorted(root.rglob("*.safetensors"))
     if safetensors:
-        from tunix.models.gemma3 import params_safetensors
-
         folder = safetensors[0].parent
         model = params_safetensors.create_model_from_safe_tensors(str(folder), model_config, mesh, dtype=dtype)
         return LoadedModel(model, tokenizer, model_config, f"safetensors {folder}", folder)
     orbax = _find_orbax_dir(root)
     if orbax is None:
         raise FileNotFoundError(f"no *.safetensors and no Orbax checkpoint under {root}")
-    from tunix.models.gemma3 import params as params_lib
 
     model = params_lib.create_model_from_checkpoint(str(orbax), model_config, mesh, dtype=dtype)
     return LoadedModel(model, tokenizer, model_config, f"Orbax checkpoint {orbax}", None)
@@ -578,12 +549,6 @@ def perplexity(model: Any, tokenizer: Any, text: str, add_bos: bool = True) -> f
     A correctly loaded Gemma 3 270M scores ordinary English around 10; a wrongly loaded one
     (RMSNorm off by one, a transposed matrix, no BOS) scores in the hundreds or more.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from course_utils.generate import compiled_forward
-    from course_utils.tokenizer import BOS_ID
-
     ids = ([BOS_ID] if add_bos else []) + list(tokenizer.encode(text))
     if len(ids) < 2:
         raise ValueError("perplexity needs a text of at least one token (two with BOS)")

@@ -701,21 +701,21 @@ def test_step_times_are_derived_from_xlas_flop_counts():
 
 
 def test_badge_links(monkeypatch):
-    links = kaggle_job.badge_links("03_data_and_rewards.ipynb")
-    blob = f"https://github.com/{kaggle_job.GITHUB_REPO}/blob/main/notebooks/03_data_and_rewards.ipynb"
+    links = notebooks.badge_links("03_data_and_rewards.ipynb")
+    blob = f"https://github.com/{notebooks.GITHUB_REPO}/blob/main/notebooks/03_data_and_rewards.ipynb"
     assert links["github"] == blob
-    assert links["colab"] == (f"https://colab.research.google.com/github/{kaggle_job.GITHUB_REPO}"
+    assert links["colab"] == (f"https://colab.research.google.com/github/{notebooks.GITHUB_REPO}"
                               "/blob/main/notebooks/03_data_and_rewards.ipynb")
     assert links["kaggle"] == f"https://kaggle.com/kernels/welcome?src={blob}"
     assert links["colab_badge"].endswith(f"({links['colab']})") and "colab-badge.svg" in links["colab_badge"]
     monkeypatch.setenv("COURSE_GITHUB_REPO", "someone/fork")
-    assert kaggle_job.badge_links("06_training")["colab"].startswith(
+    assert notebooks.badge_links("06_training")["colab"].startswith(
         "https://colab.research.google.com/github/someone/fork/blob/main/notebooks/06_training.ipynb")
     with pytest.raises(ValueError):
-        kaggle_job.badge_links("training")
+        notebooks.badge_links("training")
     monkeypatch.setenv("COURSE_GITHUB_REPO", "not a repo")
     with pytest.raises(ValueError, match="owner/repository"):
-        kaggle_job.badge_links("06_training")
+        notebooks.badge_links("06_training")
 
 
 # --- workflows --------------------------------------------------------------------------------

@@ -360,7 +360,7 @@ def test_kaggle_download_hands_its_folder_to_tunix(monkeypatch, tiny_orbax_downl
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.delenv("KAGGLE_KEY", raising=False)
     secrets = {"KAGGLE_USERNAME": "someone", "KAGGLE_KEY": "k3y"}
-    monkeypatch.setattr(env, "get_secret", lambda name: env.Secret(name, secrets[name]) if name in secrets else None)
+    monkeypatch.setattr(model_lib, "get_secret", lambda name: env.Secret(name, secrets[name]) if name in secrets else None)
 
     root = model_lib.download_kaggle("google/gemma-3/flax/gemma3-1b-it")
     assert asked == ["google/gemma-3/flax/gemma3-1b-it"] and root == tiny_orbax_download

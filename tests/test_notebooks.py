@@ -83,7 +83,7 @@ def test_check_fails_without_bootstrap_cell(tmp_path):
 def test_bootstrap_cell_pins_this_repository_at_the_package_version():
     import tomllib
 
-    from tools.kaggle_job import GITHUB_REPO
+    from tools.notebooks import GITHUB_REPO
 
     version = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["version"]
     assert notebooks.COURSE_UTILS_URL == f"git+https://github.com/{GITHUB_REPO}@v{version}"
@@ -138,7 +138,7 @@ def test_notebook_runs_under_smoke_with_nbmake(ipynb, smoke_run_dir):
 
 @pytest.mark.parametrize("py", [py for py, _ in PAIRS], ids=lambda p: p.stem)
 def test_notebook_opens_with_kaggle_and_colab_links(py):
-    from tools.kaggle_job import badge_links
+    from tools.notebooks import badge_links
 
     first = jupytext.read(py).cells[0].source
     links = badge_links(py.stem)

@@ -15,20 +15,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
+from flax import nnx
+
+from course_utils import export as ex
+from course_utils.config import TrainingConfig
+from course_utils.data import build_prompt
+from course_utils.evaluation import hardware_description
+from course_utils.generate import forward_logits
+from course_utils.lora import apply_lora
+from course_utils.model import load_model
+
 
 def main(argv: list[str] | None = None) -> int:
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    from course_utils import export as ex
-    from course_utils.config import TrainingConfig
-    from course_utils.data import build_prompt
-    from course_utils.evaluation import hardware_description
-    from course_utils.generate import forward_logits
-    from course_utils.lora import apply_lora
-    from course_utils.model import load_model
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--out", default=None, help="folder for the export (default: a temporary one)")

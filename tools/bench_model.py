@@ -23,6 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from course_utils.config import TrainingConfig
+from course_utils.generate import make_sampler
+from course_utils.model import load_model
+from course_utils.tokenizer import EOS_TOKENS
+from tools.bench_training import compare
+
 
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far, in GB (Linux reports kB)."""
@@ -45,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.compare:
-        from tools.bench_training import compare
-
         passed = ["--profile", args.profile, "--batch", str(args.batch), "--prompt-tokens", str(args.prompt_tokens),
                   "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
         passed += ["--dtype", args.dtype] if args.dtype else []
@@ -62,11 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.cold:  # an empty cache: the GGUF is converted again (the real cache is left alone)
         cold_dir = tempfile.mkdtemp(prefix="course_cache_")
         os.environ["COURSE_CACHE_DIR"] = cold_dir
-    from course_utils.config import TrainingConfig
-    from course_utils.generate import make_sampler
-    from course_utils.model import load_model
-    from course_utils.tokenizer import EOS_TOKENS
-
     overrides = {"param_dtype": args.dtype} if args.dtype else {}
     prompt_len = args.prompt_tokens
     overrides.update(max_prompt_length=prompt_len, max_generation_length=args.new_tokens,

@@ -19,15 +19,20 @@ from typing import Any, Callable
 
 from course_utils import rewards
 from course_utils.config import TrainingConfig
-from course_utils.data import SourceUnavailable, format_solution, load_gsm8k, read_gsm8k_folder, local_gsm8k_dir
+from course_utils.data import (
+    SourceUnavailable,
+    format_solution,
+    load_gsm8k,
+    local_gsm8k_dir,
+    read_gsm8k_folder,
+)
+from course_utils.reward_analysis import SAMPLE_PROBLEM, SAMPLE_REPLIES, _wrong
 
 TARGET_PER_S = 5000
 
 
 def typical_replies(n: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
     """(reply, gold answer, question, difficulty) × n, a mix of the kinds a policy writes."""
-    from course_utils.reward_analysis import SAMPLE_PROBLEM, SAMPLE_REPLIES, _wrong
-
     try:
         examples = read_gsm8k_folder(local_gsm8k_dir(), "test")
     except SourceUnavailable:

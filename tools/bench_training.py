@@ -20,12 +20,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import jax
+
+from course_utils import training
+from course_utils.config import TrainingConfig
+from course_utils.data import load_splits
+from course_utils.lora import apply_lora
+from course_utils.metrics import read_metrics
+from course_utils.model import load_model, model_mesh
 
 
 def _median_after_first(values: list[float]) -> float:
@@ -38,9 +51,6 @@ VARIANTS = {"full": dict(vocab_trim=False, grpo_loss_fn="grpo"), "trimmed": {}}
 
 def machine() -> str:
     """This machine in words: CPU model, cores, memory, JAX devices."""
-    import os
-    import platform
-
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -63,9 +73,6 @@ def compare(module: str, argv: list[str], rounds: int, keys: dict[str, str]) -> 
     (alternating), and print each figure's median per variant and the ratio full / trimmed.
     `keys` maps a figure to (how it reads, "time" or "rate"): the gain is full / trimmed for a
     time (or memory), trimmed / full for a rate, so > 1 means the trimmed path is better."""
-    import subprocess
-    import sys
-
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,15 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(table, indent=2) + "\n")
         return 0
-
-    import jax
-
-    from course_utils import training
-    from course_utils.config import TrainingConfig
-    from course_utils.data import load_splits
-    from course_utils.lora import apply_lora
-    from course_utils.metrics import read_metrics
-    from course_utils.model import load_model, model_mesh
 
     batch = dict.fromkeys(("global_batch_size", "mini_batch_size", "micro_batch_size"), args.prompts) if args.prompts else {}
     config = TrainingConfig.for_profile(args.profile, max_steps=args.steps, sft_steps=args.sft_steps,

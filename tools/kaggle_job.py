@@ -51,11 +51,26 @@ import shutil
 import sys
 import time
 import types
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from course_utils.config import ASSUMED_SECONDS, GSM8K_TEST_SIZE  # noqa: F401
-from course_utils.env import Secret, find_previous_run_dir, get_secret, restore_previous_run  # noqa: F401
+import nbformat
+
+from course_utils.config import (  # noqa: F401
+    ASSUMED_SECONDS,
+    CONFIG_FILE,
+    GSM8K_TEST_SIZE,
+    TrainingConfig,
+)
+from course_utils.env import (  # noqa: F401
+    Secret,
+    find_previous_run_dir,
+    get_secret,
+    restore_previous_run,
+)
+from tools.notebooks import NOTEBOOK_DIR, notebook_pairs
+from tools.notebooks import problems as notebook_problems
 
 # --- what the job pushes (change these, not the code) --------------------------------------
 # Kernel title "<prefix> NN name"; its slug (Kaggle derives slugs from titles) is the kernel id.
@@ -70,8 +85,6 @@ GEMMA_MODEL_SOURCE = "google/gemma-3/flax/gemma3-1b-it/1"
 MACHINE_SHAPE = "TpuV5E8"  # Kaggle's name for TPU v5e-8 (kaggle-cli docs/kernels_metadata.md)
 PROFILE = "tpu"
 PLACEHOLDER_USERNAME = "your-kaggle-username"  # dry run without credentials
-GITHUB_REPO = "gemma3-grpo-course/gemma3-grpo-course"  # owner/repo for the badges; env COURSE_GITHUB_REPO
-GITHUB_BRANCH = "main"
 
 DEFAULT_OUT = Path("kaggle-outputs")
 KERNEL_METADATA_FILE = "kernel-metadata.json"
@@ -239,8 +252,6 @@ def select_notebooks(selection: str | None, directory: Path | None = None) -> li
 
     All numbered notebooks present (`tools.notebooks.notebook_pairs`) when None.
     """
-    from tools.notebooks import NOTEBOOK_DIR, notebook_pairs
-
     directory = Path(directory or NOTEBOOK_DIR)
     pairs = [(py.stem, ipynb) for py, ipynb in notebook_pairs(directory)]
     if not pairs:
@@ -339,8 +350,6 @@ def pushed_notebook(ipynb: Path) -> str:
     """The notebook text pushed to Kaggle: outputs and Kaggle metadata stripped (a pinned
     `dockerImageVersionId` would override the TPU image), one cell injected after the cell
     tagged `parameters` that sets the profile to tpu."""
-    import nbformat
-
     try:
         nb = nbformat.read(ipynb, as_version=4)
     except FileNotFoundError:
@@ -610,7 +619,6 @@ def load_kaggle_api_class() -> type:
     spec = importlib.util.find_spec("kaggle")
     if spec is None or not spec.submodule_search_locations:
         raise JobError("the `kaggle` package is not installed: pip install -r requirements.txt (kaggle==2.2.4).")
-    from importlib import metadata
 
     stand_in = types.ModuleType("kaggle")
     stand_in.__path__ = list(spec.submodule_search_locations)
@@ -691,8 +699,7 @@ def training_progress(output_dir: Path, profile: str = PROFILE) -> dict[str, tup
     (`course_utils.training.latest_stage_checkpoint`, the same lookup training resumes from),
     and the targets from the run's own saved config (part 02's config.json) when it has one.
     """
-    from course_utils.config import CONFIG_FILE, TrainingConfig
-    from course_utils.training import latest_stage_checkpoint
+    from course_utils.training import latest_stage_checkpoint  # loads JAX: `run --dry-run` must not (tested)
 
     run = output_dir / "runs" / profile
     try:
@@ -756,8 +763,6 @@ class NotebookFailed(Exception):
 def prepare(plan: list[KernelSpec], kaggle: KaggleBoundary, opts: Options) -> tuple[str, Path | None]:
     """Write and validate every metadata file (and the dataset folder); raise JobError on any
     problem. Returns (dataset id, dataset folder or None when skipped)."""
-    from tools.notebooks import problems as notebook_problems
-
     dataset = dataset_id(kaggle.username, opts.dataset)
     problems = []
     for spec in plan:
@@ -890,7 +895,7 @@ def run_plan(plan: list[KernelSpec], kaggle: KaggleBoundary, opts: Options,
     return results
 
 
-# --- estimates and links ----------------------------------------------------------------------
+# --- estimates ----------------------------------------------------------------------
 
 
 # One TPU v5e chip (Google Cloud's TPU v5e specification): peak bf16 matrix throughput and HBM
@@ -910,6 +915,7 @@ def xla_flops(config: Any, batch: int, length: int, grad: bool = False) -> float
     Lowered with abstract weights (`jax.jit(...).lower(...).cost_analysis()`): nothing is
     allocated and nothing compiled, so the 1B's figures come out on any CPU in seconds.
     """
+    # JAX only for `estimate`: push/run/status start without it (tested).
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -932,7 +938,7 @@ def xla_flops(config: Any, batch: int, length: int, grad: bool = False) -> float
 
 def weight_bytes(config: Any) -> tuple[int, int]:
     """(parameters, bytes) of the course's Gemma 3 in `config.param_dtype`, from shapes alone."""
-    import jax
+    import jax  # only for `estimate`, as in xla_flops
     from flax import nnx
 
     from course_utils.model import abstract_model, tunix_model_config
@@ -987,12 +993,8 @@ def estimate_tpu_hours(config: Any = None, measured: dict[str, float] | None = N
     Time per unit comes from `measured` where given, else ASSUMED_SECONDS (flagged `assumed`).
     `sessions` is how many Kaggle sessions training needs under `time_budget_minutes`.
     """
-    from course_utils.config import TrainingConfig
-
     config = config or TrainingConfig.for_profile(PROFILE)
     if notebooks is None:
-        from tools.notebooks import notebook_pairs
-
         notebooks = len(notebook_pairs()) or 8  # one Kaggle session each
     unknown = sorted(set(measured or {}) - set(ASSUMED_SECONDS))
     if unknown:
@@ -1015,36 +1017,6 @@ def estimate_tpu_hours(config: Any = None, measured: dict[str, float] | None = N
         "training_sessions": max(1, math.ceil(training_minutes / budget)),
         "seconds_per_unit": seconds,
         "assumed": sorted(k for k in ASSUMED_SECONDS if k not in (measured or {})),
-    }
-
-
-def github_repo() -> str:
-    repo = os.environ.get("COURSE_GITHUB_REPO", "").strip() or GITHUB_REPO
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise ValueError(f"COURSE_GITHUB_REPO={repo!r} must look like owner/repository.")
-    return repo
-
-
-def badge_links(notebook_name: str) -> dict[str, str]:
-    """"Open in Colab" / "Open in Kaggle" URLs and Markdown badges for one notebook.
-
-    `notebook_name` is like "03_data_and_rewards" (".ipynb"/".py" optional). The repository is
-    GITHUB_REPO, or COURSE_GITHUB_REPO when set.
-    """
-    name = Path(notebook_name).name.removesuffix(".ipynb").removesuffix(".py")
-    if not re.fullmatch(r"\d\d_[A-Za-z0-9_]+", name):
-        raise ValueError(f"notebook name {notebook_name!r} is not like 03_data_and_rewards.")
-    repo = github_repo()
-    path = f"{repo}/blob/{GITHUB_BRANCH}/notebooks/{name}.ipynb"
-    github = f"https://github.com/{path}"
-    colab = f"https://colab.research.google.com/github/{path}"
-    kaggle = f"https://kaggle.com/kernels/welcome?src={github}"
-    return {
-        "github": github,
-        "colab": colab,
-        "kaggle": kaggle,
-        "colab_badge": f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab})",
-        "kaggle_badge": f"[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]({kaggle})",
     }
 
 
@@ -1087,8 +1059,6 @@ def main(argv: Sequence[str] | None = None, kaggle: KaggleBoundary | None = None
     if args.command == "estimate":
         measured: dict[str, float] = {}
         if not args.assumed:
-            from course_utils.config import TrainingConfig
-
             say(f"deriving step times from XLA's FLOP counts of the {PROFILE} profile (about a minute on a CPU)...")
             derived = derived_seconds(TrainingConfig.for_profile(PROFILE), efficiency=args.efficiency)
             measured = {unit: round(seconds, 3) for unit, seconds in derived.items()}

@@ -12,6 +12,8 @@ nowhere to be found); `check` enforces that too.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import jupytext
 import nbformat
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+GITHUB_REPO = "gemma3-grpo-course/gemma3-grpo-course"  # owner/repo for the badges; env COURSE_GITHUB_REPO
+GITHUB_BRANCH = "main"
 
 # Where a notebook opened alone (Kaggle/Colab badge) installs `course_utils` from: this repository
 # at the tag of the package's version (pyproject.toml). The one place the URL is written.
@@ -95,11 +99,39 @@ def sync(directory: Path = NOTEBOOK_DIR) -> list[Path]:
     return written
 
 
-def update_badges(directory: Path = NOTEBOOK_DIR) -> list[Path]:
-    """Put the current "Open in Kaggle" / "Open in Colab" links (from `kaggle_job.GITHUB_REPO`)
-    on the line under each notebook's title, in the .py sources; then run `sync`."""
-    from tools.kaggle_job import badge_links
+def github_repo() -> str:
+    repo = os.environ.get("COURSE_GITHUB_REPO", "").strip() or GITHUB_REPO
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise ValueError(f"COURSE_GITHUB_REPO={repo!r} must look like owner/repository.")
+    return repo
 
+
+def badge_links(notebook_name: str) -> dict[str, str]:
+    """"Open in Colab" / "Open in Kaggle" URLs and Markdown badges for one notebook.
+
+    `notebook_name` is like "03_data_and_rewards" (".ipynb"/".py" optional). The repository is
+    GITHUB_REPO, or COURSE_GITHUB_REPO when set.
+    """
+    name = Path(notebook_name).name.removesuffix(".ipynb").removesuffix(".py")
+    if not re.fullmatch(r"\d\d_[A-Za-z0-9_]+", name):
+        raise ValueError(f"notebook name {notebook_name!r} is not like 03_data_and_rewards.")
+    repo = github_repo()
+    path = f"{repo}/blob/{GITHUB_BRANCH}/notebooks/{name}.ipynb"
+    github = f"https://github.com/{path}"
+    colab = f"https://colab.research.google.com/github/{path}"
+    kaggle = f"https://kaggle.com/kernels/welcome?src={github}"
+    return {
+        "github": github,
+        "colab": colab,
+        "kaggle": kaggle,
+        "colab_badge": f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab})",
+        "kaggle_badge": f"[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]({kaggle})",
+    }
+
+
+def update_badges(directory: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Put the current "Open in Kaggle" / "Open in Colab" links (from `GITHUB_REPO`)
+    on the line under each notebook's title, in the .py sources; then run `sync`."""
     changed = []
     for py, _ in notebook_pairs(directory):
         lines = py.read_text().splitlines(keepends=True)

@@ -33,6 +33,25 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
+
+from course_utils import filtering, training
+from course_utils.checkpoints import restore_lora
+from course_utils.config import TrainingConfig
+from course_utils.data import load_splits
+from course_utils.evaluation import (
+    evaluate_or_reuse,
+    find_checkpoint,
+    hardware_description,
+    paired_bootstrap,
+)
+from course_utils.files import atomic_write
+from course_utils.filtering import pass_rate_gain, summary
+from course_utils.lora import apply_lora
+from course_utils.model import load_model, model_mesh
+from course_utils.plots import plot_signal_curves
+from course_utils.training import checkpoint_dir, latest_stage_checkpoint
+
 STAGES = ("sft", "filter", "grpo", "after", "control", "greedy")
 
 
@@ -55,8 +74,6 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 def proof_config(profile: str, *, k: int, train_candidates: int, grpo_steps: int | None,
                  sets: dict[str, Any]) -> Any:
     """The profile's config with filtering on, k samples, the candidates and steps asked for."""
-    from course_utils.config import TrainingConfig
-
     changes = {"filter_prompts": True, "filter_samples_k": k, "filter_candidates": train_candidates, **sets}
     if grpo_steps is not None:
         changes["max_steps"] = grpo_steps
@@ -65,8 +82,6 @@ def proof_config(profile: str, *, k: int, train_candidates: int, grpo_steps: int
 
 def _copy_sft(source: Path, run: Path) -> None:
     """Copy another run's SFT checkpoints (and metrics) into `run`, unless it has its own."""
-    from course_utils.training import checkpoint_dir, latest_stage_checkpoint
-
     if latest_stage_checkpoint(run, "sft") is not None:
         return
     if latest_stage_checkpoint(source, "sft") is None:
@@ -79,9 +94,6 @@ def _copy_sft(source: Path, run: Path) -> None:
 
 def _restore(actor: Any, run: Path, stage: str) -> str:
     """Load the newest `stage` checkpoint of `run` into the actor; returns its name for caches."""
-    from course_utils.checkpoints import restore_lora
-    from course_utils.training import checkpoint_dir
-
     step = restore_lora(actor, checkpoint_dir(run, stage))
     if step == 0:
         raise FileNotFoundError(f"no {stage} checkpoint in {run}")
@@ -89,8 +101,6 @@ def _restore(actor: Any, run: Path, stage: str) -> str:
 
 
 def _gain_row(label: str, before: Sequence[Any], after: Sequence[Any] | None, seed: int) -> dict[str, Any]:
-    from course_utils.filtering import pass_rate_gain
-
     row: dict[str, Any] = {"comparison": label, "prompts": len(before)}
     if after is not None and before:
         row.update(pass_rate_gain(before, after, seed=seed))
@@ -99,10 +109,6 @@ def _gain_row(label: str, before: Sequence[Any], after: Sequence[Any] | None, se
 
 def report(run: Path, config: Any, state: dict[str, Any]) -> dict[str, Any]:
     """Write proof.json and proof.md from what the stages have produced so far."""
-    from course_utils.evaluation import hardware_description
-    from course_utils.files import atomic_write
-    from course_utils.filtering import summary
-
     seed = config.seed
     rows = []
     for part in ("train", "heldout"):
@@ -166,15 +172,6 @@ def markdown(result: dict[str, Any]) -> str:
 def run_proof(config: Any, run: Path, *, heldout_candidates: int, control: str = "lr0",
               stop_after: str | None = None, sft_from: Path | None = None, eval_examples: int | None = None) -> dict:
     """All stages of the proof in `run` (each resumable); returns the report."""
-    import jax
-
-    from course_utils import filtering, training
-    from course_utils.data import load_splits
-    from course_utils.evaluation import evaluate_or_reuse, find_checkpoint, paired_bootstrap
-    from course_utils.lora import apply_lora
-    from course_utils.model import load_model, model_mesh
-    from course_utils.plots import plot_signal_curves
-
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"--stop-after {stop_after!r}: choose one of {', '.join(STAGES)}")
     if control not in ("lr0", "shuffle"):

@@ -35,13 +35,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import resource
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tunix.models.gemma3.model import Gemma3
+from tunix.rl import function_registry
+from tunix.rl.grpo.grpo_learner import TrainExample
+from tunix.sft import peft_trainer, sharding_utils
+
+from course_utils import training
+from course_utils.config import TrainingConfig
+from course_utils.env import choose_mesh_shape, valid_mesh_shapes
+from course_utils.lora import apply_lora, frozen_filter
+from course_utils.memory import TARGETS, memory_table
+from course_utils.model import model_mesh, random_model, tunix_model_config
 
 GIB = 1024**3
 DEVICES = 8
@@ -55,13 +74,6 @@ def actor_and_optimizer(config: Any, mesh: Any, tx: Any, *, abstract: bool, seed
     """The course's LoRA actor on `mesh` and its `nnx.Optimizer(tx, wrt=LoRAParam)`, as Tunix's
     trainer holds them. `abstract=True`: shapes and shardings only (nothing allocated); else
     `model.random_model` weights (the same on every mesh) and `lora.apply_lora`."""
-    import jax
-    from flax import nnx
-    from tunix.models.gemma3.model import Gemma3
-
-    from course_utils.lora import apply_lora
-    from course_utils.model import random_model, tunix_model_config
-
     model_config = tunix_model_config(config)
     if not abstract:
         actor = apply_lora(random_model(model_config, mesh, seed=seed), config, mesh)
@@ -80,8 +92,6 @@ def actor_and_optimizer(config: Any, mesh: Any, tx: Any, *, abstract: bool, seed
 
 
 def _on(mesh: Any, x: Any) -> Any:
-    import jax
-
     spec = getattr(getattr(x, "sharding", None), "spec", jax.sharding.PartitionSpec())
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, spec))
 
@@ -96,14 +106,6 @@ class _Step:
 def jitted_update(kind: str, config: Any) -> Any:
     """Tunix's train step for `kind` ("sft" or "grpo"), jitted as PeftTrainer jits it (optimiser
     donated). GRPO's loss is installed as `GRPOLearner.__init__` installs it."""
-    import types
-
-    from flax import nnx
-    from tunix.rl import function_registry
-    from tunix.sft import peft_trainer
-
-    from course_utils import training
-
     if kind == "sft":
         step = _Step(peft_trainer._default_loss_fn, training.sft_model_inputs(PAD_ID), has_aux=False)
     elif kind == "grpo":
@@ -122,10 +124,6 @@ def jitted_update(kind: str, config: Any) -> Any:
 def update_optimizer(kind: str, config: Any) -> Any:
     """The optax transformation the trainer of `kind` holds: SFT's, or GRPO's inside Tunix's
     gradient accumulation over `mini_batch_size // micro_batch_size` micro-batches (RLCluster)."""
-    import optax
-
-    from course_utils import training
-
     if kind == "sft":
         return training.sft_optimizer(config)
     return optax.MultiSteps(training.grpo_optimizer(config), config.mini_batch_size // config.micro_batch_size)
@@ -156,13 +154,6 @@ def full_shapes(config: Any) -> list[Shape]:
 def update_inputs(shape: Shape, config: Any, mesh: Any, *, abstract: bool, seed: int = 0) -> Any:
     """The batch the trainer's step receives, sharded as Tunix's `shard_input` shards it
     (first axis on `fsdp` when it divides): a TrainingInput (SFT) or a GRPO TrainExample."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from tunix.sft import sharding_utils
-
-    from course_utils.model import tunix_model_config
-
     vocab = tunix_model_config(config).num_embed
     rng = np.random.default_rng(seed)
     data = jax.sharding.PartitionSpec("fsdp")
@@ -176,12 +167,9 @@ def update_inputs(shape: Shape, config: Any, mesh: Any, *, abstract: bool, seed:
     n = shape.sequences
     tokens = lambda length: lambda: rng.integers(3, vocab, (n, length))  # noqa: E731
     if shape.kind == "sft":
-        from tunix.sft import peft_trainer
-
         mask = lambda: np.tile(np.arange(shape.completion) >= shape.completion // 2, (n, 1))  # noqa: E731
         return peft_trainer.TrainingInput(input_tokens=array((n, shape.completion), jnp.int32, tokens(shape.completion)),
                                           input_mask=array((n, shape.completion), jnp.int32, mask))
-    from tunix.rl.grpo.grpo_learner import TrainExample
 
     ones = lambda length: lambda: np.ones((n, length), bool)  # noqa: E731
     reference = None
@@ -200,10 +188,6 @@ def update_inputs(shape: Shape, config: Any, mesh: Any, *, abstract: bool, seed:
 # --- measuring ----------------------------------------------------------------------------------------
 def _per_device_bytes(tree: Any) -> int:
     """Bytes one device holds of `tree`'s arrays (or abstract arrays) under their shardings."""
-    import math
-
-    import jax
-
     total = 0
     for leaf in jax.tree.leaves(tree):
         if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
@@ -221,12 +205,6 @@ def measure_update(shape: Shape, config: Any, mesh: Any, *, execute: bool = Fals
     `execute`, the update also runs on random weights and tokens, as many micro-batches as one
     optimiser update takes (GRPO: mini / micro): `calls`, `seconds` per call, `loss`,
     `lora_changed` (the largest change of a LoRA weight)."""
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    from course_utils.lora import frozen_filter
-
     actor, optimizer = actor_and_optimizer(config, mesh, update_optimizer(shape.kind, config), abstract=not execute,
                                            seed=seed)
     inputs = update_inputs(shape, config, mesh, abstract=not execute, seed=seed)
@@ -265,8 +243,6 @@ def measure_update(shape: Shape, config: Any, mesh: Any, *, execute: bool = Fals
 
 def estimate(config: Any, mesh_shape: tuple[int, int]) -> dict[str, float]:
     """`course_utils.memory`'s per-device estimate (GiB) by component, for comparison."""
-    from course_utils.memory import memory_table
-
     return {row["component"]: row["per_device_gib"] for row in memory_table(config, mesh_shape)}
 
 
@@ -330,13 +306,6 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([sys.executable, "-m", "tools.rehearse", *argv], env=_child_env(),
                               cwd=Path(__file__).resolve().parent.parent).returncode
 
-    import jax
-
-    from course_utils.config import TrainingConfig
-    from course_utils.env import choose_mesh_shape, valid_mesh_shapes
-    from course_utils.memory import TARGETS
-    from course_utils.model import model_mesh, tunix_model_config
-
     if len(jax.devices()) != DEVICES:
         print(f"rehearse: JAX sees {len(jax.devices())} devices, not {DEVICES}: start it without JAX already "
               f"running, or set XLA_FLAGS={DEVICE_FLAG}", file=sys.stderr)
@@ -398,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             ("reference model", reference, guess["reference model"]),
             ("update temporaries", grpo["temp"], guess.get("update temporaries", guess.get("logits of one micro-batch", 0.0))),
             ("GRPO update + reference", step_peak, guess.get("total", guess.get("total (lower bound)", 0.0)))]
-    print(f"\nGRPO per device (GiB)        measured  course_utils.memory estimate")
+    print("\nGRPO per device (GiB)        measured  course_utils.memory estimate")
     for name, value, estimated in rows:
         print(f"  {name:<26}{_gib(value)}   {estimated:7.3f}")
     print(f"  (the estimate's total also counts the rollouts' KV cache, {guess['KV cache for the rollouts']:.3f} GiB; "

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import nbformat
 import psutil  # an ipykernel dependency
+from nbclient import NotebookClient
 
 from course_utils.config import PROFILES
+from course_utils.env import run_dir
 from tools.notebooks import NOTEBOOK_DIR, notebook_pairs
 
 
@@ -101,8 +103,6 @@ class PeakMemory:
 
 def execute(notebook: Path, out_dir: Path, timeout: int) -> float:
     """Run one notebook in a fresh kernel from the notebooks folder; save it with outputs."""
-    from nbclient import NotebookClient
-
     nb = nbformat.read(notebook, as_version=4)
     start = time.perf_counter()
     client = NotebookClient(
@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ["COURSE_PROFILE"] = args.profile  # the kernels inherit it
-    from course_utils.env import run_dir
 
     out = run_dir(args.profile)
     notebooks = select_parts(args.parts)
