@@ -280,10 +280,10 @@ EVAL_FIELDS = (
 
 # What each profile changes from the full-size defaults. Nothing else differs.
 _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
-    # The full run's recipe, revised from the official Tunix Gemma notebook's values that
-    # TrainingConfig's defaults keep (lr 3e-6, β 0.08, clip 0.1, G 4); a public reproduction of
-    # those found format gains, not accuracy (google/tunix issue 688: accuracy 53 → 49 %, format
-    # 65 → 91 %). Sources: ../shared/notes/grpo-signal-facts.md, README "Rehearsed at full size".
+    # The full run's recipe, revised from TrainingConfig's defaults, which keep the Tunix Gemma
+    # notebook's lr 3e-6, β 0.08, ε 0.2, grad clip 0.1 (not its G 2, LoRA r 64, 3,364 steps); a
+    # public reproduction of those found format gains, not accuracy (google/tunix issue 688:
+    # accuracy 53 → 49 %, format 65 → 91 %). Sources: ../shared/notes/grpo-signal-facts.md, README "Rehearsed at full size".
     # UNVALIDATED until a TPU run: no value here has been measured on Gemma 3 1B; the memory
     # figures are XLA CPU compiles on 8 simulated devices.
     "tpu": dict(
