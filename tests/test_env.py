@@ -1,13 +1,20 @@
 """course_utils.env and course_utils.install: detection, paths, secrets, mesh, pins."""
 
+import json
+import os
 import pickle
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import jax
 import pytest
 
 from course_utils import env, install
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_kaggle_detection(monkeypatch):
@@ -99,8 +106,31 @@ def test_describe_reports_versions():
     assert info["google-tunix"] == "0.1.7"
 
 
-def test_install_pins_mirror_requirements_txt():
-    assert install.requirement_pins() == install.PINS
+def test_install_pins_are_requirements_txt():
+    lines = [l.split("#")[0].strip() for l in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert install.PINS == {l.split("==")[0].lower(): l.split("==")[1] for l in lines if l}
+    assert install.PINS["jax"] == "0.10.2"
+
+
+def test_an_installed_package_reads_its_pins_from_its_own_metadata(tmp_path):
+    """pyproject.toml takes the dependencies from requirements.txt; a wheel installed without the
+    repository (no requirements.txt beside it) gets the same pins from its metadata; `tools/`
+    stays out of the wheel."""
+    src, dist, site = tmp_path / "src", tmp_path / "dist", tmp_path / "site"
+    shutil.copytree(ROOT / "course_utils", src / "course_utils", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "requirements.txt", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)], check=True)
+    wheel = next(dist.glob("course_utils-*.whl"))
+    assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("tools/")]
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], check=True)
+    code = "import json, course_utils.install as i; print(json.dumps([i.__file__, i.PINS]))"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    where, pins = json.loads(done.stdout.splitlines()[-1])
+    assert where.startswith(str(site)) and not (site / "requirements.txt").exists()
+    assert pins == install.PINS
 
 
 def test_environment_matches_the_pins():
