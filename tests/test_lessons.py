@@ -172,3 +172,37 @@ def test_verbosity_length_half_is_out_of_reach_of_the_profiles_replies():
     rate = sum(len(t.split()) for t in texts) / sum(len(sp.encode(t)) for t in texts)
     assert rate == pytest.approx(0.43, abs=0.02)  # part 03's measured figure (synthetic targets)
     assert max(len(t.split()) / len(sp.encode(t)) for t in texts) * 512 < VERBOSE_WORDS[0]
+
+
+def test_tunix_variant_configs_aggregate_as_part_02_tabulates():
+    from tunix.rl.grpo.dapo_learner import DAPOConfig
+    from tunix.rl.grpo.drgrpo_learner import DrGRPOConfig
+
+    assert GRPOConfig().loss_agg_mode == "sequence-mean-token-mean"
+    assert DAPOConfig().loss_agg_mode == "token-mean"
+    dr = DrGRPOConfig()
+    assert (dr.loss_agg_mode, dr.advantage_estimator) == ("sequence-mean-token-scale", "drgrpo")
+
+
+def test_a_tied_group_has_no_policy_gradient_whatever_beta():
+    """Part 02: lowering β creates no learning signal for a group whose replies tie; β·KL only
+    pulls toward the reference."""
+    tied = algo_core.compute_advantages(np.full(4, 0.7), 4)
+    assert np.all(tied == 0)
+    model = TableLM(np.random.default_rng(1).normal(size=(4, 6)))
+    prompt, reply = jnp.full((4, 1), 2), jnp.array([[3, 4, 5], [5, 3, 4], [4, 4, 3], [5, 5, 5]])
+    ref = jnp.take_along_axis(jax.nn.log_softmax(jnp.zeros((3, 6))), reply.T, axis=1).T  # a uniform reference
+
+    def grad(beta):
+        example = common.TrainExample(prompt_ids=prompt, prompt_mask=prompt != 0, completion_ids=reply,
+                                      completion_mask=jnp.ones_like(reply), advantages=jnp.asarray(tied, jnp.float32),
+                                      ref_per_token_logps=ref, old_per_token_logps=None)
+        algo = GRPOConfig(num_generations=4, beta=beta, kl_loss_mode="low_var_kl")
+        algo.temperature = 1.0
+        g = nnx.grad(lambda m: algo_core.grpo_loss_fn(m, example, algo, pad_id=0, eos_id=1)[0])(model)
+        return np.asarray(g["logits"][...])
+
+    assert np.abs(grad(0.0)).max() == 0.0  # β = 0: nothing at all to learn from this group
+    g_small, g_large = grad(0.04), grad(0.4)
+    assert np.abs(g_small).max() > 0
+    np.testing.assert_allclose(g_large, 10 * g_small, rtol=1e-4, atol=1e-8)  # only β·∇KL: it scales with β
