@@ -896,34 +896,6 @@ def evaluate_or_reuse(name: str, model: Any, config: Any, examples: Sequence[Any
     return result
 
 
-def restore_lora_params(lora_model: Any, params_path: str | os.PathLike) -> Any:
-    """Load saved LoRA parameters into a model that already has LoRA layers (part 07).
-
-    The saved tree is restored against the model's own LoRA state, so shapes, dtypes and
-    shardings come from the model; a checkpoint of another rank or model fails with a clear error.
-    """
-    import jax
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    state = nnx.state(lora_model, nnx.LoRAParam)
-    if not jax.tree.leaves(state):
-        raise ValueError("the model has no LoRA parameters: call course_utils.lora.apply_lora(model, config, mesh) first.")
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state)
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-        restored = checkpointer.restore(Path(params_path).resolve(), abstract)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"the LoRA parameters in {params_path} do not fit this model ({err}). Was it trained with "
-            "another lora_rank or model? Load the run's config (load_run_config) before building the model."
-        ) from None
-    finally:
-        checkpointer.close()
-    nnx.update(lora_model, restored)
-    return lora_model
-
-
 def load_trained_model(config: Any, checkpoint: TrainedCheckpoint | str | os.PathLike, mesh: Any = None, *,
                        base: Any = None) -> Any:
     """A `LoadedModel` with LoRA layers holding the checkpoint's LoRA weights (part 07).
@@ -931,6 +903,7 @@ def load_trained_model(config: Any, checkpoint: TrainedCheckpoint | str | os.Pat
     `base`, an already loaded base model (`load_model`'s result), is reused without copying its
     weights (LoRA wraps them); otherwise the base model is loaded afresh.
     """
+    from course_utils.export import load_tunix_lora
     from course_utils.lora import apply_lora
     from course_utils.model import load_model
 
@@ -942,6 +915,6 @@ def load_trained_model(config: Any, checkpoint: TrainedCheckpoint | str | os.Pat
             mesh = model_mesh(config)
         base = load_model(config, mesh)
     trained = dataclasses.replace(base, model=apply_lora(base.model, config, mesh))
-    restore_lora_params(trained.model, path)
+    load_tunix_lora(trained.model, path)
     trained.source = f"{base.source}; LoRA weights from {path}"
     return trained

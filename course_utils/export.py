@@ -514,19 +514,19 @@ def save_tunix_lora(model: Any, out_dir: str | os.PathLike, *, step: int = 0, co
 
 
 def load_tunix_lora(lora_model: Any, path: str | os.PathLike) -> Any:
-    """Load LoRA weights saved by `save_tunix_lora` (or by part 06's training) into a model that
-    has LoRA layers of the same rank; `path` is the folder or its ``model_params``."""
-    from course_utils.evaluation import restore_lora_params
+    """Load LoRA weights saved by `save_tunix_lora` or by part 06's training into a model that has
+    LoRA layers of the same rank, with Tunix's ``CheckpointManager.maybe_restore(...,
+    restore_only_lora_params=True)`` (`checkpoints.restore_lora`). `path` is the checkpoint
+    folder (its newest step), a ``<step>`` folder or its ``model_params``."""
+    from course_utils.checkpoints import latest_checkpoint, restore_lora
 
     path = Path(path)
-    if (path / "model_params").is_dir():
-        path = path / "model_params"
-    elif not path.name == "model_params":
-        steps = sorted((int(p.name), p) for p in path.iterdir() if p.name.isdigit() and (p / "model_params").is_dir())
-        if not steps:
-            raise FileNotFoundError(f"no <step>/model_params under {path}")
-        path = steps[-1][1] / "model_params"
-    return restore_lora_params(lora_model, path)
+    path = path.parent if path.name == "model_params" else path
+    root, step = (path.parent, int(path.name)) if path.name.isdigit() else (path, None)
+    if step is None and latest_checkpoint(root) is None:
+        raise FileNotFoundError(f"no LoRA checkpoint (<step>/model_params) under {root}")
+    restore_lora(lora_model, root, step)
+    return lora_model
 
 
 # ================================================================================================
