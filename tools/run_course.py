@@ -4,7 +4,8 @@
     python -m tools.run_course --profile smoke  # seconds, tiny random model
     python -m tools.run_course --parts 01,02    # only some parts
 
-Executed copies (with outputs) go to `<run dir>/executed/`, timings and each part's peak resident
+While a part runs it prints a line per cell (`06_training: cell 12/40 (3m10s)`) and the
+kernel's output lines (training's and evaluation's progress). Executed copies (with outputs) go to `<run dir>/executed/`, timings and each part's peak resident
 memory (the kernel's high-water mark, read from /proc on Linux) to `<run dir>/run_course.json`; the run
 stops at the first failing part and names it.
 """
@@ -15,12 +16,16 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 import nbformat
 import psutil  # an ipykernel dependency
+from jupyter_client import KernelManager
 from nbclient import NotebookClient
 
 from course_utils.config import PROFILES
@@ -101,13 +106,60 @@ class PeakMemory:
         return self.peak / 2**30
 
 
-def execute(notebook: Path, out_dir: Path, timeout: int) -> float:
-    """Run one notebook in a fresh kernel from the notebooks folder; save it with outputs."""
+def clock(seconds: float) -> str:
+    """Elapsed time as `3m10s` (or `42s`)."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class ProgressClient(NotebookClient):
+    """nbclient's executor, saying what it does while it runs: a line per code cell
+    (`06_training: cell 12/40 (3m10s)`, the part's elapsed time) and the kernel's stdout/stderr
+    lines as they come (training's and evaluation's progress). A progress bar redrawn in place
+    (`\\r`) is echoed at most every `bar_every` seconds.
+
+    The kernel talks over IPC sockets in a private folder: ipykernel warns on every start that
+    TCP without CurveZMQ keys is unencrypted, and IPC is what it recommends for a local kernel."""
+
+    def __init__(self, nb: nbformat.NotebookNode, part: str, echo: Callable[[str], None] = print,
+                 bar_every: float = 10.0, **kwargs: Any) -> None:
+        super().__init__(nb, **kwargs)
+        self.part, self.echo, self.bar_every = part, echo, bar_every
+        self.code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+        self.started = time.perf_counter()
+        self.last_bar = -bar_every
+        self.on_cell_start = self.cell_started
+
+    def cell_started(self, cell: Any, cell_index: int) -> None:
+        if cell_index in self.code_cells:
+            n = self.code_cells.index(cell_index) + 1
+            self.echo(f"{self.part}: cell {n}/{len(self.code_cells)} ({clock(time.perf_counter() - self.started)})")
+
+    def output(self, outs: list, msg: dict, display_id: str | None, cell_index: int) -> Any:
+        if msg["msg_type"] == "stream":
+            for line in msg["content"]["text"].split("\n"):
+                redrawn = "\r" in line
+                line = line.rsplit("\r", 1)[-1].rstrip() if redrawn else line.rstrip()
+                now = time.perf_counter()
+                if line and (not redrawn or now - self.last_bar >= self.bar_every):
+                    self.last_bar = now if redrawn else self.last_bar
+                    self.echo(f"  {line}")
+        return super().output(outs, msg, display_id, cell_index)
+
+    def create_kernel_manager(self) -> KernelManager:
+        km = super().create_kernel_manager()
+        self._ipc_dir = tempfile.TemporaryDirectory(prefix="course-kernel-")
+        km.transport, km.ip = "ipc", os.path.join(self._ipc_dir.name, "kernel")
+        return km
+
+
+def execute(notebook: Path, out_dir: Path, timeout: int, echo: Callable[[str], None] = print) -> float:
+    """Run one notebook in a fresh kernel from the notebooks folder, echoing its progress; save
+    it with outputs."""
     nb = nbformat.read(notebook, as_version=4)
     start = time.perf_counter()
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
-    )
+    client = ProgressClient(nb, notebook.stem, echo=echo, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(notebook.parent)}})
     try:
         client.execute()
     finally:
@@ -135,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"▶ {notebook.stem} ...", flush=True)
         try:
             with PeakMemory() as memory:
-                seconds = execute(notebook, out / "executed", args.timeout)
+                seconds = execute(notebook, out / "executed", args.timeout, echo=partial(print, flush=True))
         except Exception as err:  # nbclient's CellExecutionError carries the cell and traceback
             print(f"✗ {notebook.stem} failed (kernel peak {memory.gib:.2f} GiB resident); executed copy with the "
                   f"error: {out / 'executed' / notebook.name}")
