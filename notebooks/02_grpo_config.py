@@ -70,7 +70,7 @@ from course_utils.env import run_dir
 # much better than expected the reply was.
 #
 # - **PPO** (Schulman et al. 2017) estimates "what was expected" with a second network (a
-#   critic, as large as the model) and limits each update with a clipped probability ratio.
+#   critic, typically as large as the model) and limits each update with a clipped probability ratio.
 # - **GRPO** (Shao et al. 2024, DeepSeekMath) drops the critic: it samples a *group* of G replies
 #   to the same question and uses the group's mean reward as the expectation.
 # - **DeepSeek-R1** (DeepSeek-AI 2025) trained reasoning with GRPO and rule-based rewards only

@@ -206,3 +206,23 @@ def test_a_tied_group_has_no_policy_gradient_whatever_beta():
     g_small, g_large = grad(0.04), grad(0.4)
     assert np.abs(g_small).max() > 0
     np.testing.assert_allclose(g_large, 10 * g_small, rtol=1e-4, atol=1e-8)  # only β·∇KL: it scales with β
+
+
+def test_gsm8k_words_per_token_part_03_quotes(monkeypatch):
+    """0.50 words per token on GSM8K targets, 0.72 at most over 500: 512 tokens stay under 400
+    words. Needs GSM8K on disk (../shared/data/gsm8k or COURSE_GSM8K_DIR) and the tokenizer."""
+    import os
+
+    from course_utils.data import format_solution, load_splits
+
+    folder = Path(os.environ.get("COURSE_GSM8K_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k")
+    if not (folder / "train.jsonl").is_file():
+        pytest.skip("no GSM8K on disk (set COURSE_GSM8K_DIR)")
+    sp = _course_tokenizer()
+    monkeypatch.setenv("COURSE_GSM8K_DIR", str(folder))
+    train = load_splits(TrainingConfig.for_profile("cpu", data_source="local", train_examples=500))["train"]
+    texts = [format_solution(e) for e in train]
+    rates = [len(t.split()) / len(sp.encode(t)) for t in texts]
+    mean = sum(len(t.split()) for t in texts) / sum(len(sp.encode(t)) for t in texts)
+    assert mean == pytest.approx(0.50, abs=0.02) and max(rates) == pytest.approx(0.72, abs=0.02)
+    assert max(rates) * TrainingConfig.for_profile("tpu").max_generation_length < 400
