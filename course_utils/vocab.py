@@ -19,82 +19,28 @@ row, same hidden state), and `TrimmedTokenizer` encodes text into exactly the fu
 pieces whenever those are kept. A piece outside the set (rare: an unusual word or script) is
 spelled with kept pieces instead, so any text still encodes and decodes losslessly. Sampling
 renormalises over the kept ids: the full model's probability mass outside them is what that
-changes (`mass_outside`; printed by `python -m course_utils.vocab --report`).
+changes (printed by `python -m tools.kept_vocabulary --report`).
 
 LoRA never touches the embedding, so the LoRA weights trained on the trimmed model apply
 unchanged to the full-vocabulary Gemma: export (part 08) loads the full vocabulary.
 
-    python -m course_utils.vocab --regenerate   # rebuild data/kept_vocabulary.json
-    python -m course_utils.vocab --report       # mass outside the kept set, on course texts
+    python -m tools.kept_vocabulary --regenerate   # rebuild data/kept_vocabulary.json
+    python -m tools.kept_vocabulary --report       # mass outside the kept set, on course texts
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from course_utils.files import atomic_write
 
 KEPT_VOCABULARY_PATH = Path(__file__).resolve().parent.parent / "data" / "kept_vocabulary.json"
 KEPT_SIZE = 32_768  # rows kept in all (data ids + fixed ids + frequent pieces as margin)
 ALWAYS_KEPT = range(0, 494)  # Gemma 3: control, chat, HTML/whitespace user pieces, 256 byte tokens
-
-
-# --- which ids ---------------------------------------------------------------------------------
-def course_texts(include_gsm8k: bool = True) -> tuple[list[str], str]:
-    """Every prompt and SFT target the course builds: the offline generator's train and test
-    splits, plus GSM8K's when a copy is available (local folder; no download is attempted).
-    Returns (texts, where they came from)."""
-    from course_utils.data import SourceUnavailable, build_prompt, format_solution, load_gsm8k, local_gsm8k_dir
-    from course_utils.tokenizer import END_OF_TURN
-
-    examples = [e for split in ("train", "test") for e in load_gsm8k(split, source="synthetic", verbose=False)]
-    where = "offline generator train+test"
-    if include_gsm8k:
-        try:
-            local_gsm8k_dir()
-            examples += [e for split in ("train", "test") for e in load_gsm8k(split, source="local", verbose=False)]
-            where += " and GSM8K train+test"
-        except SourceUnavailable:
-            print("vocab: no local GSM8K copy; the kept ids come from the offline generator only")
-    texts = []
-    for example in examples:
-        texts.append(build_prompt(example.question))
-        texts.append(format_solution(example) + END_OF_TURN)
-    return texts, where
-
-
-def kept_ids(tokenizer: Any, texts: Iterable[str], size: int = KEPT_SIZE) -> list[int]:
-    """The sorted ids to keep: those `texts` encode to, `ALWAYS_KEPT`, printable ASCII, then the
-    lowest remaining ids (Gemma's most frequent pieces) until `size` ids are kept."""
-    vocabulary = tokenizer.get_piece_size()
-    kept = set(i for i in ALWAYS_KEPT if i < vocabulary)
-    for text in texts:
-        kept.update(tokenizer.encode(text))
-    for char in map(chr, range(32, 127)):
-        kept.update(tokenizer.encode(char))
-    if len(kept) > size:
-        raise ValueError(f"the course's texts alone use {len(kept)} ids, more than size={size}: raise size")
-    candidate = 0
-    while len(kept) < size and candidate < vocabulary:
-        if not (tokenizer.IsControl(candidate) or tokenizer.IsUnused(candidate)):
-            kept.add(candidate)
-        candidate += 1
-    return sorted(kept)
-
-
-def write_kept_vocabulary(tokenizer: Any, ids: Sequence[int], path: Path = KEPT_VOCABULARY_PATH,
-                          source: str = "") -> Path:
-    """Save the kept ids with their pieces (so a mismatching tokenizer is caught on load)."""
-    rows = ",\n".join(json.dumps([int(i), tokenizer.id_to_piece(int(i))], ensure_ascii=False) for i in ids)
-    header = json.dumps({"vocabulary_size": tokenizer.get_piece_size(), "kept": len(ids), "source": source},
-                        ensure_ascii=False)
-    return atomic_write(path, f'{{"about": {header},\n"ids_and_pieces": [\n{rows}\n]}}\n'.encode())
 
 
 def read_kept_vocabulary(path: Path = KEPT_VOCABULARY_PATH) -> list[tuple[int, str]]:
@@ -104,7 +50,7 @@ def read_kept_vocabulary(path: Path = KEPT_VOCABULARY_PATH) -> list[tuple[int, s
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path} is missing: it is part of the repository (restore it with git), or rebuild it with "
-            "`python -m course_utils.vocab --regenerate`, or set vocab_trim=False in the config."
+            "`python -m tools.kept_vocabulary --regenerate`, or set vocab_trim=False in the config."
         ) from None
     return [(int(i), str(p)) for i, p in data["ids_and_pieces"]]
 
@@ -281,71 +227,3 @@ def trim_loaded(loaded: Any, kept: Sequence[int] | None = None) -> Any:
         model_config=dataclasses.replace(loaded.model_config, num_embed=len(kept)),
         source=f"{loaded.source}; vocabulary trimmed to {len(kept):,} of {full_size:,} ids (course_utils.vocab)",
     )
-
-
-def mass_outside(model: Any, tokenizer: Any, kept: Sequence[int], texts: Sequence[str],
-                 batch_size: int = 4) -> float:
-    """The full model's mean probability mass outside `kept`, over every next-token position of
-    `texts` (teacher-forced, BOS + text): what trimming takes away from sampling."""
-    import jax
-    import jax.numpy as jnp
-
-    from course_utils.generate import compiled_forward
-    from course_utils.tokenizer import BOS_ID, PAD_ID
-
-    outside = np.ones(model.embedder.num_embed, dtype=bool)
-    outside[np.asarray(kept)] = False
-    outside = jnp.asarray(outside)
-    forward = compiled_forward(model)
-    total, count = 0.0, 0
-    for start in range(0, len(texts), batch_size):
-        encoded = [[BOS_ID, *tokenizer.encode(t)] for t in texts[start:start + batch_size]]
-        length = max(map(len, encoded))
-        tokens = np.full((len(encoded), length), PAD_ID, np.int32)
-        mask = np.zeros((len(encoded), length), bool)
-        for row, ids in enumerate(encoded):
-            tokens[row, :len(ids)] = ids
-            mask[row, :len(ids) - 1] = True  # positions that predict a real next token
-        logits = forward(jnp.asarray(tokens)).astype(jnp.float32)
-        probs = jax.nn.softmax(logits, axis=-1)
-        per_position = np.asarray(jnp.sum(jnp.where(outside, probs, 0.0), axis=-1))
-        total += float(per_position[mask].sum())
-        count += int(mask.sum())
-    return total / max(count, 1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regenerate", action="store_true", help="rebuild data/kept_vocabulary.json")
-    parser.add_argument("--report", action="store_true", help="the 270M's probability mass outside the kept set")
-    parser.add_argument("--texts", type=int, default=64, help="texts (held-out prompts + targets) for --report")
-    args = parser.parse_args(argv)
-    from course_utils.config import TrainingConfig
-    from course_utils.model import load_model
-
-    loaded = load_model(TrainingConfig.for_profile("cpu"), full_vocabulary=True)
-    if args.regenerate:
-        texts, where = course_texts()
-        used = {i for t in texts for i in loaded.tokenizer.encode(t)}
-        ids = kept_ids(loaded.tokenizer, texts)
-        path = write_kept_vocabulary(loaded.tokenizer, ids, source=(
-            f"{len(texts):,} prompts and SFT targets ({where}) using {len(used):,} ids; ids 0-493, ASCII, then the most frequent pieces"))
-        print(f"wrote {path}: {len(ids):,} ids of {loaded.tokenizer.get_piece_size():,} "
-              f"({len(used):,} used by the course's texts)")
-    if args.report:
-        import random
-
-        from course_utils.data import build_prompt, format_solution, synthetic_problem
-        from course_utils.tokenizer import END_OF_TURN
-
-        rng = random.Random(20261203)  # problems the kept list was not built from
-        problems = [synthetic_problem(rng) for _ in range(args.texts)]
-        texts = [build_prompt(p.question) + format_solution(p) + END_OF_TURN for p in problems]
-        mass = mass_outside(loaded.model, loaded.tokenizer, kept_ids_for(loaded.tokenizer), texts)
-        print(f"full Gemma 3 270M: mean probability mass outside the kept ids on {len(texts)} held-out "
-              f"prompt+target texts: {100 * mass:.2f} %")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

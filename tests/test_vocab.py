@@ -19,6 +19,7 @@ from course_utils.data import build_prompt, format_solution, synthetic_problem
 from course_utils.generate import compiled_forward, generate
 from course_utils.model import load_model
 from course_utils.tokenizer import BOS_ID, END_OF_TURN, EOS_TOKENS, check_tokenizer
+from tools import kept_vocabulary
 
 # Problems the kept list was not built from (another seed than the generator's splits).
 HELD_OUT = [synthetic_problem(random.Random(7_000 + i)) for i in range(4)]
@@ -33,7 +34,7 @@ def _logits(model, ids):
 def tiny_trimmed(tiny_loaded):
     """The smoke model trimmed to the ids of a few course texts, the fixed ids and margin: 2,048."""
     texts = [build_prompt(p.question) + format_solution(p) for p in [synthetic_problem(random.Random(1))]]
-    kept = vocab.kept_ids(tiny_loaded.tokenizer, texts, size=2048)
+    kept = kept_vocabulary.kept_ids(tiny_loaded.tokenizer, texts, size=2048)
     return vocab.trim_loaded(load_model(TrainingConfig.for_profile("smoke"), full_vocabulary=True), kept)
 
 
@@ -56,11 +57,11 @@ def test_profiles_trim_on_cpu_and_smoke_only():
 def test_kept_ids_are_the_texts_ids_plus_fixed_plus_margin(tiny_loaded):
     tok = tiny_loaded.tokenizer
     text = build_prompt("Mia has 7 shells.")
-    kept = vocab.kept_ids(tok, [text], size=1000)
+    kept = kept_vocabulary.kept_ids(tok, [text], size=1000)
     assert len(kept) == 1000 and kept == sorted(kept)
     assert set(tok.encode(text)) <= set(kept) and set(range(494)) <= set(kept)
     with pytest.raises(ValueError, match="raise size"):
-        vocab.kept_ids(tok, [text], size=10)
+        kept_vocabulary.kept_ids(tok, [text], size=10)
 
 
 def test_trimmed_tokenizer_maps_kept_pieces_exactly_and_round_trips_everything(tiny_loaded, tiny_trimmed):
@@ -165,6 +166,6 @@ def test_regenerating_the_list_gives_the_committed_one(cpu_loaded):
         local_gsm8k_dir()
     except SourceUnavailable:
         pytest.skip("the committed list includes GSM8K's ids and there is no local GSM8K copy here")
-    texts, where = vocab.course_texts()
+    texts, where = kept_vocabulary.course_texts()
     assert "GSM8K" in where
-    assert vocab.kept_ids(cpu_loaded.tokenizer, texts) == [i for i, _ in vocab.read_kept_vocabulary()]
+    assert kept_vocabulary.kept_ids(cpu_loaded.tokenizer, texts) == [i for i, _ in vocab.read_kept_vocabulary()]
