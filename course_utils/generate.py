@@ -1,12 +1,12 @@
-"""Batched generation with Tunix's Sampler, and a plain reference loop to check it (part 04).
+"""Batched generation with Tunix's Sampler, and plain forward passes to check it (part 04).
 
 `generate(...)` is what every later part uses to read the model's answers: left-padded
 batches through `tunix.generate.sampler.Sampler` with its KV cache, stopping at `<eos>` or
 `<end_of_turn>` (`eos_tokens=[1, 106]`), greedy or sampled with an explicit seed per call.
 
-`greedy_reference(...)` is deliberately naive: one prompt at a time, no padding, no cache, the
-whole sequence through the model at every step. The test suite checks that both agree token
-for token — evidence that padding, positions, masks and cache are right.
+The test suite checks the Sampler (`sampler_tokens`) token for token against a deliberately
+naive loop over `compiled_forward` (one prompt at a time, no padding, no cache): evidence that
+padding, positions, masks and cache are right.
 
 `forward_logits` / `compiled_forward` run the plain model on a token batch (perplexity,
 log-probabilities, checks).
@@ -142,31 +142,9 @@ def forward_logits(model: Any, tokens: Any, pad_id: int = PAD_ID) -> Any:
     return logits
 
 
-# (graphdef, {name: jitted function}): models of the same structure (a clone, a LoRA model
-# built again) share compilations. GraphDefs compare equal but are not hashable, hence a list.
-_JITTED: list[tuple[Any, dict[str, Any]]] = []
-
-
-def _jit(graphdef: Any, name: str) -> Any:
-    for known, functions in _JITTED:
-        if known == graphdef:
-            break
-    else:
-        import jax
-        import jax.numpy as jnp
-        from flax import nnx
-
-        def logits(state: Any, tokens: Any) -> Any:
-            return forward_logits(nnx.merge(graphdef, state), tokens)
-
-        def argmax_at(state: Any, tokens: Any, index: Any) -> Any:
-            out = forward_logits(nnx.merge(graphdef, state), tokens)
-            return jnp.argmax(out[jnp.arange(tokens.shape[0]), index], axis=-1)
-
-        functions = {"logits": jax.jit(logits), "argmax_at": jax.jit(argmax_at)}
-        _JITTED.append((graphdef, functions))
-        del _JITTED[:-8]  # a handful of model structures at most
-    return functions[name]
+# (graphdef, jitted forward): models of the same structure (a clone, a LoRA model built again)
+# share compilations. GraphDefs compare equal but are not hashable, hence a list.
+_JITTED: list[tuple[Any, Any]] = []
 
 
 def compiled_forward(model: Any) -> Any:
@@ -176,50 +154,16 @@ def compiled_forward(model: Any) -> Any:
     op by op. (jax.jit over the split state: nnx.jit re-walks the model's graph on every call,
     about a second for the 270M, which would dominate a token-by-token loop.)
     """
+    import jax
     from flax import nnx
 
     graphdef, state = nnx.split(model)
-    run = _jit(graphdef, "logits")
+    run = next((fn for known, fn in _JITTED if known == graphdef), None)
+    if run is None:
+        run = jax.jit(lambda state, tokens, graphdef=graphdef: forward_logits(nnx.merge(graphdef, state), tokens))
+        _JITTED.append((graphdef, run))
+        del _JITTED[:-8]  # a handful of model structures at most
     return lambda tokens: run(state, tokens)
-
-
-def _jitted_forward(model: Any) -> Any:
-    """`run(tokens, index)` -> argmax of the logits at `index` (per row), compiled once."""
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-    run = _jit(graphdef, "argmax_at")
-    return lambda tokens, index: run(state, tokens, index)
-
-
-def greedy_reference(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, eos_tokens: Sequence[int] = EOS_TOKENS
-) -> list[list[int]]:
-    """Greedy token ids by the plainest loop: per prompt, BOS + prompt, no padding of the prompt,
-    no KV cache — the full sequence through the model for every new token.
-
-    The sequence lives in a right-padded buffer of fixed length (pads are masked, and causal
-    attention never looks right), so the forward pass compiles once.
-    """
-    import jax.numpy as jnp
-
-    run = _jitted_forward(model)
-    encoded = [[BOS_ID, *tokenizer.encode(prompt)] for prompt in prompts]
-    length = max((len(ids) for ids in encoded), default=0) + max_new_tokens  # one shape for all
-    results = []
-    for ids in encoded:
-        buffer = np.full((1, length), PAD_ID, dtype=np.int32)
-        buffer[0, : len(ids)] = ids
-        out: list[int] = []
-        for step in range(max_new_tokens):
-            last = len(ids) + step - 1
-            token = int(run(jnp.asarray(buffer), jnp.asarray([last]))[0])
-            if token in eos_tokens:
-                break
-            out.append(token)
-            buffer[0, last + 1] = token
-        results.append(out)
-    return results
 
 
 def sampler_tokens(

@@ -1,18 +1,19 @@
 """course_utils.generate: Tunix's Sampler agrees with a plain forward loop; stop tokens, seeds (part 04)."""
 
+import numpy as np
 import pytest
 from tunix.generate import sampler as sampler_lib
 
 from course_utils.config import TrainingConfig
 from course_utils.generate import (
+    compiled_forward,
     generate,
-    greedy_reference,
     make_sampler,
     prompt_token_counts,
     sampler_tokens,
     step_seed,
 )
-from course_utils.tokenizer import EOS_TOKENS
+from course_utils.tokenizer import BOS_ID, EOS_TOKENS, PAD_ID
 
 # Different lengths (13, 27 and 2 tokens with BOS), so the batch is left-padded.
 PROMPTS = [
@@ -21,6 +22,30 @@ PROMPTS = [
     "Water",
 ]
 NEW_TOKENS = 6
+
+
+def greedy_reference(model, tokenizer, prompts, max_new_tokens, eos_tokens=EOS_TOKENS):
+    """Greedy token ids by the plainest loop: per prompt, BOS + prompt, no padding of the prompt,
+    no KV cache: the full sequence through the model for every new token. The sequence lives in
+    a right-padded buffer of fixed length (pads are masked, causal attention never looks right),
+    so the forward pass compiles once."""
+    run = compiled_forward(model)
+    encoded = [[BOS_ID, *tokenizer.encode(prompt)] for prompt in prompts]
+    length = max(len(ids) for ids in encoded) + max_new_tokens
+    results = []
+    for ids in encoded:
+        buffer = np.full((1, length), PAD_ID, dtype=np.int32)
+        buffer[0, : len(ids)] = ids
+        out = []
+        for step in range(max_new_tokens):
+            last = len(ids) + step - 1
+            token = int(np.argmax(np.asarray(run(buffer))[0, last]))
+            if token in eos_tokens:
+                break
+            out.append(token)
+            buffer[0, last + 1] = token
+        results.append(out)
+    return results
 
 
 def test_sampler_greedy_equals_a_plain_forward_loop(cpu_loaded, short_cpu_config):
