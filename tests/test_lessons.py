@@ -226,3 +226,15 @@ def test_gsm8k_words_per_token_part_03_quotes(monkeypatch):
     mean = sum(len(t.split()) for t in texts) / sum(len(sp.encode(t)) for t in texts)
     assert mean == pytest.approx(0.50, abs=0.02) and max(rates) == pytest.approx(0.72, abs=0.02)
     assert max(rates) * TrainingConfig.for_profile("tpu").max_generation_length < 400
+
+
+@pytest.mark.parametrize("part", ["01", "02", "03", "05", "07", "08"])
+def test_each_questionnaire_has_one_answer_per_question(part):
+    import jupytext
+
+    (py,) = NOTEBOOKS.glob(f"{part}_*.py")
+    text = "\n".join(c.source for c in jupytext.read(py).cells if c.cell_type == "markdown")
+    questions, _, rest = text.partition("**Questionnaire**")[2].partition("<details><summary>Answers</summary>")
+    answers = rest.partition("</details>")[0]
+    count = lambda block: len(re.findall(r"^\d+\. ", block, re.M))
+    assert count(questions) >= 4 and count(questions) == count(answers), py.name
