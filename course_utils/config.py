@@ -410,150 +410,86 @@ def _fail(field: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{field}={value!r} is not allowed: {allowed}.")
 
 
+# Validation tables: the allowed values, booleans, integers (minimum; None allowed when listed in
+# OPTIONAL) and numbers ((low, high], or [low, high]) of each field.
+CHOICES = {
+    "profile": PROFILES, "model": MODELS, "param_dtype": PARAM_DTYPES, "grpo_reference": ("sft", "base"),
+    "kl_loss_mode": KL_MODES, "loss_agg_mode": LOSS_AGG_MODES, "advantage_estimator": ADVANTAGE_ESTIMATORS,
+    "grpo_loss_fn": GRPO_LOSS_FNS, "data_source": DATA_SOURCES,
+}
+BOOLEANS = ("filter_prompts", "learn_to_stop", "vocab_trim", "anneal_reward_weights")
+INTEGERS = {
+    "seed": 0, "train_examples": 1, "val_examples": 0, "eval_examples": 1, "num_generations": 2,
+    "num_iterations": 1, "max_steps": 1, "global_batch_size": 1, "mini_batch_size": 1, "micro_batch_size": 1,
+    "lora_rank": 1, "max_prompt_length": 1, "max_generation_length": 1, "cache_size": 1, "top_k": 1,
+    "sft_steps": 0, "checkpoint_every": 1, "sft_batch_size": 1, "sft_max_length": 1, "eval_batch_size": 1,
+    "keep_checkpoints": 1, "eval_samples_k": 1, "filter_samples_k": 1, "filter_candidates": 1,
+    "eval_sampled_examples": 0,
+}
+OPEN_LOW = ("epsilon", "learning_rate", "sft_learning_rate", "max_grad_norm", "lora_alpha", "top_p",
+            "time_budget_minutes")
+NUMBERS = {
+    "beta": 10.0, "epsilon": 1.0, "learning_rate": 1.0, "sft_learning_rate": 1.0, "adam_b1": 1.0, "adam_b2": 1.0,
+    "weight_decay": 1.0, "warmup_ratio": 1.0, "max_grad_norm": 1e6, "lora_alpha": 1e6, "temperature": 10.0,
+    "top_p": 1.0, "time_budget_minutes": 1e6, "filter_pass_rate_min": 1.0, "filter_pass_rate_max": 1.0,
+    **dict.fromkeys(REWARD_WEIGHT_FIELDS, 1.0), "verbosity_penalty": 1.0, "curriculum_easy_share": 1.0,
+    "curriculum_medium_share": 1.0, "anneal_trace_weight_start": 1.0, "anneal_correct_weight_start": 1.0,
+    "anneal_trace_weight_end": 1.0, "anneal_correct_weight_end": 1.0,
+}
+OPTIONAL = ("train_examples", "eval_examples", "eval_sampled_examples", "time_budget_minutes")
+
+
 def _validate(c: TrainingConfig) -> None:
     """Check every field; the first bad one raises ValueError(field, value, what is allowed)."""
-    if c.profile not in PROFILES:
-        _fail("profile", c.profile, f"choose one of {', '.join(PROFILES)}")
-    if c.model not in MODELS:
-        _fail("model", c.model, f"choose one of {', '.join(MODELS)}")
-    if c.param_dtype not in PARAM_DTYPES:
-        _fail("param_dtype", c.param_dtype, f"choose one of {', '.join(PARAM_DTYPES)}")
+    for name, allowed in CHOICES.items():
+        if getattr(c, name) not in allowed:
+            _fail(name, getattr(c, name), f"choose one of {', '.join(allowed)}")
     if not isinstance(c.kaggle_handle, str) or not any(f"/{k}/" in c.kaggle_handle for k in ("flax", "transformers")):
         _fail("kaggle_handle", c.kaggle_handle, "use a Kaggle model handle owner/model/flax|transformers/variant, e.g. google/gemma-3/flax/gemma3-1b-it")
-    if c.grpo_reference not in ("sft", "base"):
-        _fail("grpo_reference", c.grpo_reference, "choose 'sft' or 'base'")
-    if c.kl_loss_mode not in KL_MODES:
-        _fail("kl_loss_mode", c.kl_loss_mode, f"choose one of {', '.join(KL_MODES)}")
     if c.control not in CONTROLS:
         _fail("control", c.control, "choose None, 'lr0' (learning rate 0) or 'shuffle' (rewards shuffled within groups)")
-    if not isinstance(c.filter_prompts, bool):
-        _fail("filter_prompts", c.filter_prompts, "must be True or False")
     chosen = [d.strip() for d in c.filter_difficulties.split(",")] if isinstance(c.filter_difficulties, str) else None
     if not chosen or any(d not in DIFFICULTIES for d in chosen):
         _fail("filter_difficulties", c.filter_difficulties, "a comma-separated list of easy, medium, hard, e.g. 'easy,medium'")
-    if c.loss_agg_mode not in LOSS_AGG_MODES:
-        _fail("loss_agg_mode", c.loss_agg_mode, f"choose one of {', '.join(LOSS_AGG_MODES)}")
-    if c.advantage_estimator not in ADVANTAGE_ESTIMATORS:
-        _fail("advantage_estimator", c.advantage_estimator, f"choose one of {', '.join(ADVANTAGE_ESTIMATORS)}")
-    if not isinstance(c.learn_to_stop, bool):
-        _fail("learn_to_stop", c.learn_to_stop, "must be True or False")
-    if c.grpo_loss_fn not in GRPO_LOSS_FNS:
-        _fail("grpo_loss_fn", c.grpo_loss_fn, f"choose one of {', '.join(GRPO_LOSS_FNS)}")
-    if not isinstance(c.vocab_trim, bool):
-        _fail("vocab_trim", c.vocab_trim, "must be True or False")
-    if c.data_source not in DATA_SOURCES:
-        _fail("data_source", c.data_source, f"choose one of {', '.join(DATA_SOURCES)}")
-
-    def integer(name: str, minimum: int, optional: bool = False) -> None:
-        v = getattr(c, name)
-        if optional and v is None:
-            return
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+    for name in BOOLEANS:
+        if not isinstance(getattr(c, name), bool):
+            _fail(name, getattr(c, name), "must be True or False")
+    for name, minimum in INTEGERS.items():
+        v, optional = getattr(c, name), name in OPTIONAL
+        if not (optional and v is None) and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
             _fail(name, v, f"must be an integer >= {minimum}" + (" or None" if optional else ""))
-
-    def number(name: str, low: float, high: float, low_open: bool = False, optional: bool = False) -> None:
-        v = getattr(c, name)
+    for name, high in NUMBERS.items():
+        v, optional, open_low = getattr(c, name), name in OPTIONAL, name in OPEN_LOW
         if optional and v is None:
-            return
+            continue
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ok = ok and (v > low if low_open else v >= low) and v <= high
-        if not ok:
-            bracket = "(" if low_open else "["
-            _fail(name, v, f"must be a finite number in {bracket}{low}, {high}]" + (" or None" if optional else ""))
-
-    integer("seed", 0)
-    integer("train_examples", 1, optional=True)
-    integer("val_examples", 0)
-    integer("eval_examples", 1, optional=True)
-    integer("num_generations", 2)
-    integer("num_iterations", 1)
-    integer("max_steps", 1)
-    for name in ("global_batch_size", "mini_batch_size", "micro_batch_size"):
-        integer(name, 1)
-    integer("lora_rank", 1)
-    for name in ("max_prompt_length", "max_generation_length", "cache_size", "top_k"):
-        integer(name, 1)
-    for name in ("sft_steps", "checkpoint_every"):
-        integer(name, 0 if name == "sft_steps" else 1)
-    for name in ("sft_batch_size", "sft_max_length", "eval_batch_size", "keep_checkpoints"):
-        integer(name, 1)
-    integer("eval_samples_k", 1)
-    integer("filter_samples_k", 1)
-    integer("filter_candidates", 1)
-    number("filter_pass_rate_min", 0.0, 1.0)
-    number("filter_pass_rate_max", 0.0, 1.0)
+        if not (ok and (v > 0.0 if open_low else v >= 0.0) and v <= high):
+            bracket = "(" if open_low else "["
+            _fail(name, v, f"must be a finite number in {bracket}0.0, {high}]" + (" or None" if optional else ""))
     if c.filter_pass_rate_min > c.filter_pass_rate_max:
         _fail("filter_pass_rate_min", c.filter_pass_rate_min, f"must be <= filter_pass_rate_max={c.filter_pass_rate_max}")
-    integer("eval_sampled_examples", 0, optional=True)
-
-    number("beta", 0.0, 10.0)
-    number("epsilon", 0.0, 1.0, low_open=True)
-    number("learning_rate", 0.0, 1.0, low_open=True)
-    number("sft_learning_rate", 0.0, 1.0, low_open=True)
-    number("adam_b1", 0.0, 1.0)
-    number("adam_b2", 0.0, 1.0)
-    number("weight_decay", 0.0, 1.0)
-    number("warmup_ratio", 0.0, 1.0)
-    number("max_grad_norm", 0.0, 1e6, low_open=True)
-    number("lora_alpha", 0.0, 1e6, low_open=True)
-    number("temperature", 0.0, 10.0)
-    number("top_p", 0.0, 1.0, low_open=True)
-    number("time_budget_minutes", 0.0, 1e6, low_open=True, optional=True)
-    if not isinstance(c.anneal_reward_weights, bool):
-        _fail("anneal_reward_weights", c.anneal_reward_weights, "must be True or False")
-
-    for name in REWARD_WEIGHT_FIELDS:
-        number(name, 0.0, 1.0)
     total = sum(getattr(c, n) for n in REWARD_WEIGHT_FIELDS)
     if abs(total - 1.0) > 1e-6:
-        _fail(
-            "reward weights",
-            {n: getattr(c, n) for n in REWARD_WEIGHT_FIELDS},
-            f"they must sum to 1 (within 1e-6) but sum to {total:.6g}",
-        )
-    number("verbosity_penalty", 0.0, 1.0)
-    number("curriculum_easy_share", 0.0, 1.0)
-    number("curriculum_medium_share", 0.0, 1.0)
-    if c.curriculum_easy_share + c.curriculum_medium_share > 1.0 + 1e-9:
-        _fail(
-            "curriculum_medium_share",
-            c.curriculum_medium_share,
-            f"curriculum_easy_share + curriculum_medium_share must be <= 1 (hard gets the rest) but is "
-            f"{c.curriculum_easy_share + c.curriculum_medium_share:.6g}",
-        )
+        _fail("reward weights", {n: getattr(c, n) for n in REWARD_WEIGHT_FIELDS},
+              f"they must sum to 1 (within 1e-6) but sum to {total:.6g}")
+    shares = c.curriculum_easy_share + c.curriculum_medium_share
+    if shares > 1.0 + 1e-9:
+        _fail("curriculum_medium_share", c.curriculum_medium_share, "curriculum_easy_share + curriculum_medium_share "
+              f"must be <= 1 (hard gets the rest) but is {shares:.6g}")
     for end in ("start", "end"):
         trace, correct = f"anneal_trace_weight_{end}", f"anneal_correct_weight_{end}"
-        number(trace, 0.0, 1.0)
-        number(correct, 0.0, 1.0)
-        spare = 1.0 - getattr(c, trace) - getattr(c, correct) - c.efficiency_reward_weight
-        if spare < -1e-6:
-            _fail(
-                trace,
-                getattr(c, trace),
-                f"{trace} + {correct} + efficiency_reward_weight must be <= 1 (the rest pays "
-                f"calibration) but is {1.0 - spare:.6g}",
-            )
-
+        used = getattr(c, trace) + getattr(c, correct) + c.efficiency_reward_weight
+        if used > 1.0 + 1e-6:
+            _fail(trace, getattr(c, trace), f"{trace} + {correct} + efficiency_reward_weight must be <= 1 "
+                  f"(the rest pays calibration) but is {used:.6g}")
     if c.global_batch_size % c.mini_batch_size:
-        _fail(
-            "global_batch_size",
-            c.global_batch_size,
-            f"must be a multiple of mini_batch_size={c.mini_batch_size}",
-        )
+        _fail("global_batch_size", c.global_batch_size, f"must be a multiple of mini_batch_size={c.mini_batch_size}")
     if c.mini_batch_size % c.micro_batch_size:
-        _fail(
-            "mini_batch_size",
-            c.mini_batch_size,
-            f"must be a multiple of micro_batch_size={c.micro_batch_size}",
-        )
-    if c.max_prompt_length + c.max_generation_length > c.cache_size:
-        _fail(
-            "cache_size",
-            c.cache_size,
-            f"must hold max_prompt_length + max_generation_length = "
-            f"{c.max_prompt_length} + {c.max_generation_length} = "
-            f"{c.max_prompt_length + c.max_generation_length} tokens; raise cache_size or shorten them",
-        )
+        _fail("mini_batch_size", c.mini_batch_size, f"must be a multiple of micro_batch_size={c.micro_batch_size}")
+    tokens = c.max_prompt_length + c.max_generation_length
+    if tokens > c.cache_size:
+        _fail("cache_size", c.cache_size, f"must hold max_prompt_length + max_generation_length = "
+              f"{c.max_prompt_length} + {c.max_generation_length} = {tokens} tokens; raise cache_size or shorten them")
 
 
 CONFIG_FILE = "config.json"

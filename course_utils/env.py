@@ -10,6 +10,7 @@ import math
 import os
 import platform as _platform
 import shutil
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -154,13 +155,13 @@ def get_secret(name: str) -> Secret | None:
 MESH_AXES = ("fsdp", "tp")
 
 
-_WEIGHT_SPECS: dict[str, list[tuple[str, tuple[int, ...], tuple[Any, ...]]]] = {}
+WEIGHT_SPECS: dict[str, list[tuple[str, tuple[int, ...], tuple[Any, ...]]]] = {}
 
 
-def _weight_specs(model_config: Any) -> list[tuple[str, tuple[int, ...], tuple[Any, ...]]]:
+def weight_specs(model_config: Any) -> list[tuple[str, tuple[int, ...], tuple[Any, ...]]]:
     """(name, shape, partition spec) of every Gemma 3 weight, from shapes alone; cached per config."""
     key = repr(model_config)
-    if key not in _WEIGHT_SPECS:
+    if key not in WEIGHT_SPECS:
         import jax
         from flax import nnx
         from tunix.models.gemma3.model import Gemma3
@@ -174,8 +175,8 @@ def _weight_specs(model_config: Any) -> list[tuple[str, tuple[int, ...], tuple[A
             keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
             name = "/".join(k for k in keys if k not in ("value", "layers") and not k.isdigit())
             rows.append((name, tuple(leaf.shape), tuple(spec or ())))
-        _WEIGHT_SPECS[key] = rows
-    return _WEIGHT_SPECS[key]
+        WEIGHT_SPECS[key] = rows
+    return WEIGHT_SPECS[key]
 
 
 def mesh_problems(shape: tuple[int, int], model_config: Any) -> list[str]:
@@ -191,7 +192,7 @@ def mesh_problems(shape: tuple[int, int], model_config: Any) -> list[str]:
         return [f"mesh shape {tuple(shape)} must have positive sizes"]
     sizes = {"fsdp": fsdp, "tp": tp}
     problems: dict[str, list[str]] = {}
-    for where, shape_, spec in _weight_specs(model_config):
+    for where, shape_, spec in weight_specs(model_config):
         for dim, axes in zip(shape_, spec):
             if axes is None:
                 continue
@@ -294,10 +295,7 @@ def check_devices(config: Any, devices: Any = None) -> None:
     tpus = [d for d in devices if d.platform.lower() == "tpu"]
     if len(tpus) == len(devices) == wanted:
         return
-    kinds: dict[str, int] = {}
-    for d in devices:
-        name = f"{d.platform.lower()} ({d.device_kind})"
-        kinds[name] = kinds.get(name, 0) + 1
+    kinds = Counter(f"{d.platform.lower()} ({d.device_kind})" for d in devices)
     found = ", ".join(f"{n} × {k}" for k, n in kinds.items()) or "no devices"
     raise DeviceMismatch(
         f"the 'tpu' profile needs {wanted} TPU devices but JAX sees {found}. On Kaggle pick "

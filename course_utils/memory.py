@@ -24,12 +24,11 @@ import math
 import os
 from typing import Any
 
-import jax
 import numpy as np
-from flax import nnx
 
 from course_utils.config import TrainingConfig
-from course_utils.model import abstract_model, tunix_model_config
+from course_utils.env import weight_specs
+from course_utils.model import tunix_model_config
 from course_utils.vocab import KEPT_SIZE
 
 GIB = 1024**3
@@ -63,26 +62,10 @@ def _shard_size(shape: tuple[int, ...], spec: Any, mesh_axes: dict[str, int]) ->
 
 def weight_counts(model_config: Any, mesh_shape: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     """(total scalars, per-device scalars) of the base weights under Gemma 3's sharding rules."""
-    c = model_config
-    key = (c.num_layers, c.num_embed, c.embed_dim, c.hidden_dim, c.num_heads, c.head_dim, c.num_kv_heads,
-           c.vision_config is None, tuple(mesh_shape))
-    if key not in _WEIGHT_COUNTS:
-        _WEIGHT_COUNTS[key] = _weight_counts(model_config, tuple(mesh_shape))
-    return _WEIGHT_COUNTS[key]
-
-
-_WEIGHT_COUNTS: dict[tuple, tuple[int, int]] = {}
-
-
-def _weight_counts(model_config: Any, mesh_shape: tuple[int, int]) -> tuple[int, int]:
-    state = nnx.state(abstract_model(model_config), nnx.Param)
-    specs = nnx.get_partition_spec(state)
-    mesh_axes = {"fsdp": mesh_shape[0], "tp": mesh_shape[1]}
-    total = per_device = 0
-    for leaf, spec in zip(jax.tree.leaves(state), jax.tree.leaves(specs, is_leaf=lambda x: x is None or isinstance(x, jax.sharding.PartitionSpec))):
-        total += math.prod(leaf.shape)
-        per_device += _shard_size(tuple(leaf.shape), spec, mesh_axes)
-    return total, per_device
+    axes = {"fsdp": mesh_shape[0], "tp": mesh_shape[1]}
+    specs = weight_specs(model_config)
+    return (sum(math.prod(shape) for _, shape, _ in specs),
+            sum(_shard_size(shape, spec, axes) for _, shape, spec in specs))
 
 
 # The update's temporaries per device, fitted (least squares on relative error, non-negative) to

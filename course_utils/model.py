@@ -288,14 +288,6 @@ def gemma3_270m_gguf_path() -> Path:
     return path if path.exists() else package.assemble()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_identity(path: Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) so an unchanged file is not re-hashed."""
     stat = path.stat()
@@ -308,7 +300,8 @@ def _file_identity(path: Path) -> str:
     seen = index.get(key)
     if seen and seen.get("size") == stat.st_size and seen.get("mtime_ns") == stat.st_mtime_ns:
         return seen["sha256"]
-    digest = _sha256(path)
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     index[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     atomic_write(index_path, json.dumps(index, indent=1).encode())
     return digest

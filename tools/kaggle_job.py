@@ -56,6 +56,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import nbformat
+from slugify import (
+    slugify,  # python-slugify: the kaggle client's own dependency, how Kaggle slugs titles
+)
 
 from course_utils.config import (  # noqa: F401
     ASSUMED_SECONDS,
@@ -225,11 +228,6 @@ class KernelSpec:
     def output_dir(self) -> Path:
         suffix = f"-resume{self.resume}" if self.resume else ""
         return self.folder.parent.parent / "outputs" / f"{self.notebook}{suffix}"
-
-
-def slugify(text: str) -> str:
-    """Kaggle's slug of a title (python-slugify for ASCII): lowercase words joined by '-'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def kernel_title(notebook: str) -> str:
@@ -699,7 +697,9 @@ def training_progress(output_dir: Path, profile: str = PROFILE) -> dict[str, tup
     (`course_utils.training.latest_stage_checkpoint`, the same lookup training resumes from),
     and the targets from the run's own saved config (part 02's config.json) when it has one.
     """
-    from course_utils.training import latest_stage_checkpoint  # loads JAX: `run --dry-run` must not (tested)
+    from course_utils.training import (
+        latest_stage_checkpoint,  # loads JAX: `run --dry-run` must not (tested)
+    )
 
     run = output_dir / "runs" / profile
     try:
