@@ -257,7 +257,7 @@ print("matches tunix.rl.common.compute_kl_divergence")
 # |---|---|---|
 # | `sequence-mean-token-mean` | mean over replies of (mean over the reply's tokens) | `GRPOConfig` default, as in the GRPO paper |
 # | `token-mean` | sum over all tokens / number of tokens | `DAPOConfig` default (DAPO, arXiv 2503.14476) |
-# | `sequence-mean-token-scale` | mean over replies of (sum over tokens / a fixed length) | `DrGRPOConfig` default (Dr. GRPO) |
+# | `sequence-mean-token-scale` | mean over replies of (sum over tokens / the generation limit, to which Tunix pads every reply) | `DrGRPOConfig` default (Dr. GRPO) |
 #
 # The default divides each reply by its own length: a token of a long reply weighs less. So a
 # long *wrong* reply is pushed down less per token than a short one, and long wrong replies
@@ -365,7 +365,7 @@ print("saved", path, "| fingerprint", config.fingerprint())
 # - The clip (ε, from PPO) zeroes the gradient of tokens already past 1±ε in their advantage's
 #   direction; it acts only when μ > 1. At μ = 1 Tunix's ratio is exactly 1 and ε does nothing.
 # - Token terms are aggregated per reply (Tunix's default: a length bias), per token (DAPO) or
-#   per fixed length (Dr. GRPO); the KL term (β) pulls toward the reference.
+#   per generation limit (Dr. GRPO); the KL term (β) pulls toward the reference.
 # - The advantage, the clipped loss, the KL and the aggregation match Tunix's own code.
 # - `TrainingConfig` holds every knob; profiles are `dataclasses.replace` of the full run; bad values fail early.
 # - The configuration is saved in the run directory for the next parts.
