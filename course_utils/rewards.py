@@ -26,9 +26,11 @@ counts. Every regex is linear-time; no model text is ever passed to ``eval``, ``
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import math
+import operator
 import re
 import threading
 from fractions import Fraction
@@ -431,64 +433,38 @@ def _left_side(window: str) -> list[str] | None:
     return tokens
 
 
+_AST_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
 def _evaluate(tokens: list[str]) -> float | None:
     """Value of a small arithmetic expression (numbers, + − × ÷, parentheses), else None.
 
-    A hand-written recursive-descent parser over `_left_side`'s tokens: no eval.
+    `_left_side`'s tokens, each number as a name (``15%`` is 0.15), are parsed by Python's own
+    `ast` parser and evaluated node by node: only numbers, unary minus and the four operations
+    are allowed; nothing is ever passed to ``eval``.
     """
-    tokens = [_OPERATORS.get(t, t) for t in tokens]
-    pos = 0
+    numbers: list[float] = []
 
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
+    def name(t: str) -> str:
+        if not (t[-1].isdigit() or t.endswith("%")):
+            return _OPERATORS.get(t, t)
+        numbers.append(float(t[:-1].replace(",", "")) / 100 if t.endswith("%") else float(t.replace(",", "")))
+        return f"n{len(numbers) - 1}"
 
-    def atom() -> float:
-        nonlocal pos
-        t = peek()
-        if t == "(":
-            pos += 1
-            v = expression()
-            if peek() != ")":
-                raise ValueError
-            pos += 1
-            return v
-        if t == "-":
-            pos += 1
-            return -atom()
-        if t is None or not t[-1].isdigit() and not t.endswith("%"):
-            raise ValueError
-        pos += 1
-        if t.endswith("%"):
-            return float(t[:-1].replace(",", "")) / 100
-        return float(t.replace(",", ""))
-
-    def term() -> float:
-        nonlocal pos
-        v = atom()
-        while peek() in ("*", "/"):
-            op = tokens[pos]
-            pos += 1
-            rhs = atom()
-            v = v * rhs if op == "*" else v / rhs
-        return v
-
-    def expression() -> float:
-        nonlocal pos
-        v = term()
-        while peek() in ("+", "-"):
-            op = tokens[pos]
-            pos += 1
-            rhs = term()
-            v = v + rhs if op == "+" else v - rhs
-        return v
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Name):
+            return numbers[int(node.id[1:])]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPERATORS:
+            return _AST_OPERATORS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"not arithmetic: {ast.dump(node)}")
 
     try:
-        value = expression()
-    except (ValueError, ZeroDivisionError, OverflowError, RecursionError):
+        result = value(ast.parse(" ".join(map(name, tokens)), mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError):
         return None
-    if pos != len(tokens) or not math.isfinite(value):
-        return None
-    return value
+    return result if math.isfinite(result) else None
 
 
 # --------------------------------------------------------------------------------------------
