@@ -5,5 +5,6 @@
 - `kaggle_job` — the `tpu` profile as a chain of Kaggle notebooks;
 - `notebooks` — the jupytext pairing (`sync`, `check`, `badges`);
 - `proof`, `rehearse` — the pass-rate proof and the full-size TPU rehearsal;
+- `kept_vocabulary` — rebuilds `data/kept_vocabulary.json` (the trimmed vocabulary);
 - `bench_*` — benchmarks that print figures.
 """
