@@ -252,17 +252,6 @@ def bootstrap_ci(values: Any, *, n_resamples: int = 2000, confidence: float = 0.
     return mean, float(min(ci.low, mean)), float(max(ci.high, mean))
 
 
-def bootstrap_many(values: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
-                   seed: int = 0) -> list[tuple[float, float, float]]:
-    """`bootstrap_ci` for each column of an (n, metrics) array; a row holding a NaN in a column
-    is left out of that column only."""
-    matrix = np.asarray(values, dtype=np.float64)
-    matrix = matrix[:, None] if matrix.ndim == 1 else matrix
-    if matrix.ndim != 2:
-        raise ValueError(f"values must be 1-D (n,) or 2-D (n, metrics), got shape {matrix.shape}")
-    return [bootstrap_ci(column, n_resamples=n_resamples, confidence=confidence, seed=seed) for column in matrix.T]
-
-
 def paired_bootstrap(before: Any, after: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
                      seed: int = 0) -> dict[str, float]:
     """The difference mean(after) − mean(before) on the *same* problems, with a paired bootstrap
@@ -391,11 +380,10 @@ def summarize(name: str, rows: list[dict[str, Any]], *, settings: Mapping[str, A
               n_resamples: int = 2000, seed: int = 0) -> EvalResult:
     """Means and bootstrap 95 % intervals of every metric in `rows` (part 07)."""
     result = EvalResult(name, rows, {}, error_breakdown(rows), dict(settings or {}))
-    names = metric_names(rows)
-    matrix = np.stack([result.values(m) for m in names], axis=1) if names else np.zeros((len(rows), 0))
-    for metric, (mean, low, high), column in zip(names, bootstrap_many(matrix, n_resamples=n_resamples, seed=seed),
-                                                 matrix.T):
-        result.metrics[metric] = {"mean": mean, "low": low, "high": high, "n": int(np.sum(~np.isnan(column)))}
+    for metric in metric_names(rows):
+        values = result.values(metric)
+        mean, low, high = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
+        result.metrics[metric] = {"mean": mean, "low": low, "high": high, "n": int(np.sum(~np.isnan(values)))}
     return result
 
 
@@ -519,7 +507,8 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
     limit = config.max_generation_length if max_new_tokens is None else int(max_new_tokens)
     prompts = [build_prompt(_field(e, "question")) for e in examples]
     started = time.perf_counter()
-    saved = _saved_greedy(run_dir, name, config, examples, limit, checkpoint) if run_dir is not None else None
+    saved = None if run_dir is None else _saved_matching(run_dir, name, config, examples, {
+        "max_new_tokens": limit, "checkpoint": None if checkpoint is None else str(checkpoint)})
     if saved is None:
         replies = generate_replies(model, tokenizer, model_config, prompts, config, greedy=True, batch_size=batch_size,
                                    max_new_tokens=limit, desc=f"{name}: greedy", progress=progress)
@@ -563,17 +552,15 @@ def saved_result(run_dir: str | os.PathLike, name: str) -> EvalResult | None:
     return {r.name: r for r in load_results(run_dir)}.get(name)
 
 
-def _saved_greedy(run_dir: str | os.PathLike, name: str, config: Any, examples: Sequence[Any], limit: int,
-                  checkpoint: Any) -> EvalResult | None:
-    """The saved result of `name` whose greedy replies fit: same config, checkpoint, problems, length."""
+def _saved_matching(run_dir: str | os.PathLike, name: str, config: Any, examples: Sequence[Any],
+                    want: Mapping[str, Any]) -> EvalResult | None:
+    """The saved result of `name` on the same problems under the same config whose settings
+    hold the values in `want`; else None."""
     saved = saved_result(run_dir, name)
-    if saved is None:
+    want = {"config_fingerprint": config.fingerprint(config.evaluation_fields(name)), **want}
+    if saved is None or any(saved.settings.get(key) != value for key, value in want.items()):
         return None
-    same = (saved.settings.get("config_fingerprint") == config.fingerprint(config.evaluation_fields(name))
-            and saved.settings.get("max_new_tokens") == limit
-            and saved.settings.get("checkpoint") == (None if checkpoint is None else str(checkpoint))
-            and [r.get("question") for r in saved.rows] == [_field(e, "question") for e in examples])
-    return saved if same else None
+    return saved if [r.get("question") for r in saved.rows] == [_field(e, "question") for e in examples] else None
 
 
 def reusable_result(run_dir: str | os.PathLike, name: str, config: Any, examples: Sequence[Any], *,
@@ -581,22 +568,14 @@ def reusable_result(run_dir: str | os.PathLike, name: str, config: Any, examples
                     max_new_tokens: int | None = None) -> EvalResult | None:
     """The result of `name` saved by an earlier run of part 07, if it was made under exactly these
     settings (same config fingerprint, problems, k, lengths and checkpoint); else None."""
-    saved = saved_result(run_dir, name)
-    if saved is None:
-        return None
     k = config.eval_samples_k if k is None else int(k)
     if sampled_examples is None:
         sampled_examples = getattr(config, "eval_sampled_examples", None)
     m = len(examples) if sampled_examples is None else max(0, min(int(sampled_examples), len(examples)))
-    want = {"config_fingerprint": config.fingerprint(config.evaluation_fields(name)), "examples": len(examples),
-            "k": k if k > 1 and m else None, "sampled_examples": m if k > 1 else 0,
-            "max_new_tokens": config.max_generation_length if max_new_tokens is None else int(max_new_tokens),
-            "checkpoint": None if checkpoint is None else str(checkpoint)}
-    if any(saved.settings.get(key) != value for key, value in want.items()):
-        return None
-    if [r.get("question") for r in saved.rows] != [_field(e, "question") for e in examples]:
-        return None
-    return saved
+    return _saved_matching(run_dir, name, config, examples, {
+        "examples": len(examples), "k": k if k > 1 and m else None, "sampled_examples": m if k > 1 else 0,
+        "max_new_tokens": config.max_generation_length if max_new_tokens is None else int(max_new_tokens),
+        "checkpoint": None if checkpoint is None else str(checkpoint)})
 
 
 def hardware_description() -> str:

@@ -234,12 +234,16 @@ def test_bootstrap_ci_is_seeded_contains_the_mean_and_has_the_expected_width():
     assert ev.bootstrap_ci([1.0, float("nan"), 0.0])[0] == 0.5
 
 
-def test_bootstrap_many_matches_single_columns():
+def test_summarize_bootstraps_each_metric_on_its_own_values():
+    """Every metric's interval is bootstrap_ci of that metric's values; a problem lacking one
+    metric (NaN) is left out of that metric only."""
     rng = np.random.default_rng(1)
-    matrix = rng.random((50, 3))
-    many = ev.bootstrap_many(matrix, seed=5)
-    for j in range(3):
-        assert many[j] == pytest.approx(ev.bootstrap_ci(matrix[:, j], seed=5))
+    rows = [{"strict": bool(rng.integers(0, 2)), "reward": float(rng.random()), "error": "correct"} for _ in range(50)]
+    rows[3]["reward"] = float("nan")
+    result = ev.summarize("m", rows, seed=5)
+    for metric in ("strict", "reward"):
+        mean, low, high = ev.bootstrap_ci(result.values(metric), seed=5)
+        assert result.metrics[metric] == {"mean": mean, "low": low, "high": high, "n": 50 - (metric == "reward")}
 
 
 def test_paired_bootstrap():
