@@ -10,8 +10,8 @@ last `completion length + 1` hidden states only. The transformer body is the mod
 drops them from the compiled step.
 
 It is registered in Tunix's function registry (the extension point for policy losses) when
-this module is imported; `training.train_grpo` selects it with `config.grpo_loss_fn`
-through `grpo_config`, which checks that the name is registered before Tunix looks it up.
+this module is imported; part 06's `GRPOConfig` cell imports it and names it with
+`config.grpo_loss_fn` (the config accepts only registered names).
 """
 
 from __future__ import annotations
@@ -57,11 +57,3 @@ def completion_head_grpo_loss(model: Any, train_example: Any, algo_config: Any, 
     """Tunix's GRPO loss, with logits computed for the completion positions only."""
     keep = train_example.completion_ids.shape[1] + 1  # Tunix takes logits[:, -K-1:-1]
     return algo_core.grpo_loss_fn(CompletionHead(model, keep), train_example, algo_config, pad_id, eos_id, **kwargs)
-
-
-def grpo_config(policy_loss_fn: str = "grpo", **fields: Any) -> Any:
-    """Tunix's `GRPOConfig(**fields)` using the registered policy loss `policy_loss_fn`."""
-    from tunix.rl.grpo.grpo_learner import GRPOConfig
-
-    function_registry.get_policy_loss_fn(policy_loss_fn)  # LookupError for an unknown name
-    return GRPOConfig(policy_loss_fn=policy_loss_fn, **fields)

@@ -1,13 +1,18 @@
-"""Training: SFT warm-start, then GRPO with curriculum and reward annealing (part 06).
+"""Training's plumbing: curriculum, batches, time budget, sidecars and resume (part 06).
 
-Both stages run on Tunix: `PeftTrainer` for SFT, `RLCluster` + `GRPOLearner` for GRPO. Tunix
-saves Orbax checkpoints of the LoRA parameters and the optimiser state every
-`config.checkpoint_every` steps (keeping `config.keep_checkpoints`), restores the newest one when
-the stage starts again, and skips the batches already trained, so re-running part 06 continues
-where it stopped. Every checkpoint carries a JSON sidecar (step, stage, phase, config
-fingerprint, metrics so far); per-step metrics go to `metrics_<stage>.jsonl` / `.csv` in the run
-directory (and to TensorBoard, through Tunix). A time budget ends a stage cleanly, with a
-checkpoint, before Kaggle's session limit.
+Part 06 builds the ML itself in its cells — SFT's optimiser and `PeftTrainer`, GRPO's
+`GRPOConfig`, rollout config, optimiser, `RLTrainingConfig`, `RLCluster`, reward functions and
+`GRPOLearner` — and calls the helpers here for what is not the lesson. Those cells are the one
+source of every training object: `python -m course_utils.training` (the tests' and the proof's
+path to part 06) and `train_sft` / `train_grpo` run the same cells of notebooks/06_training.py
+(`run_cells`), picked by their tag, with their inputs given by name.
+
+Tunix saves Orbax checkpoints of the LoRA parameters and the optimiser state every
+`config.checkpoint_every` steps, restores the newest one when a trainer is built, and the
+batches already trained are skipped, so re-running part 06 continues where it stopped. Every
+checkpoint carries the course's sidecar in its custom metadata (`install_sidecar`); per-step
+metrics go to `metrics_<stage>.jsonl` (`metrics.StepMetrics`). A time budget (`Deadline`) ends a
+stage cleanly, with a checkpoint, before Kaggle's session limit.
 """
 
 from __future__ import annotations
@@ -15,21 +20,59 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
+import shutil
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from course_utils.checkpoints import ConfigMismatchError, latest_checkpoint
 from course_utils.config import TrainingConfig
 from course_utils.filtering import mixed_group_fraction
-from course_utils.tokenizer import END_OF_TURN, EOS_TOKENS
+from course_utils.tokenizer import END_OF_TURN
 
 PHASES = ("easy", "medium", "hard")
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "06_training.py"
+SFT_CELLS = ("sft_optimizer", "sft_trainer", "sft")
+GRPO_CELLS = ("reference", "prompts", "grpo_config", "rollout_config", "grpo_optimizer", "rl_training_config",
+              "rl_cluster", "reward_fns", "learner", "grpo")
 
 
-# --- small pure helpers --------------------------------------------------------------------------
+# --- the notebook's cells as the one source ------------------------------------------------------
+
+
+def notebook_cells(path: Path = NOTEBOOK) -> dict[str, str]:
+    """The code cells of a jupytext percent notebook that carry a tag, by their first tag."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the training cells live in part 06's notebook; run from a "
+                                "checkout of the course repository")
+    cells = {}
+    for block in re.split(r"^# %%", path.read_text(), flags=re.M)[1:]:
+        header, _, body = block.partition("\n")
+        tags = re.search(r'tags=\["([^"]+)"', header)
+        if tags and "[markdown]" not in header:
+            cells[tags.group(1)] = body
+    return cells
+
+
+def run_cells(tags: Sequence[str], **names: Any) -> dict[str, Any]:
+    """Run part 06's cells with these tags, in the notebook's order, with `names` defined;
+    returns the namespace they leave (each cell's objects under the names the notebook uses)."""
+    cells = notebook_cells()
+    missing = [t for t in tags if t not in cells]
+    if missing:
+        raise KeyError(f"{NOTEBOOK.name} has no cell tagged {missing}")
+    namespace = dict(names)
+    for tag in (t for t in cells if t in tags):
+        exec(compile(cells[tag], f"{NOTEBOOK.name}[{tag}]", "exec"), namespace)
+    return namespace
+
+
+# --- checkpoints and resume ----------------------------------------------------------------------
 
 
 def checkpoint_dir(run_dir: str | Path, stage: str) -> Path:
@@ -43,22 +86,16 @@ def checkpoint_dir(run_dir: str | Path, stage: str) -> Path:
 
 def latest_stage_checkpoint(run_dir: str | Path, stage: str) -> Any:
     """The newest complete checkpoint of a stage in this run (a `CheckpointInfo`), or None."""
-    from course_utils.checkpoints import latest_checkpoint
-
     return latest_checkpoint(checkpoint_dir(run_dir, stage))
 
 
 def drop_untrained_checkpoints(run_dir: str | Path, stage: str) -> list[Path]:
     """Delete a stage's step-0 checkpoint, if any, and return what was deleted (part 06).
 
-    A step-0 checkpoint holds no training of its own stage: Tunix 0.1.7 saves one when a
-    trainer closes before its first step (a Kaggle session whose time budget ran out before
-    GRPO started). Restored in the next session, a step-0 GRPO checkpoint would put the
-    half-trained SFT weights of that session back over the finished SFT. The course no longer
-    writes them (see `_install_sidecar`); this removes those an older version wrote.
+    Tunix 0.1.7 saves one when a trainer closes before its first step; restored in the next
+    session, a step-0 GRPO checkpoint would put half-trained SFT weights back over the finished
+    SFT. The course no longer writes them (`install_sidecar`); this removes older ones.
     """
-    import shutil
-
     untrained = checkpoint_dir(run_dir, stage) / "0"
     if not untrained.is_dir():
         return []
@@ -67,131 +104,110 @@ def drop_untrained_checkpoints(run_dir: str | Path, stage: str) -> list[Path]:
     return [untrained]
 
 
-def phase_at(step: int, max_steps: int, shares: tuple[float, float] = (1 / 3, 1 / 3)) -> str:
-    """Curriculum phase of GRPO step `step` (0-based), easy → medium → hard: the first
-    `shares[0]` of the run is easy, the next `shares[1]` medium, the rest hard (default: thirds)."""
-    if max_steps <= 0:
-        raise ValueError(f"max_steps={max_steps} must be positive")
-    easy_end = math.ceil(round(shares[0] * max_steps, 9))
-    medium_end = math.ceil(round((shares[0] + shares[1]) * max_steps, 9))
-    step = max(0, step)
-    return PHASES[0] if step < easy_end else PHASES[1] if step < medium_end else PHASES[2]
+def prepare_stage(run_dir: str | Path, stage: str, config: TrainingConfig, allow_config_change: bool = False) -> None:
+    """Before a trainer is built (it restores the newest checkpoint): drop a step-0 checkpoint,
+    and refuse to resume a stage whose settings changed since its last checkpoint unless told to.
 
-
-def curriculum_shares(config: TrainingConfig) -> tuple[float, float]:
-    """The config's (easy, medium) shares of the GRPO run; hard gets the rest."""
-    return config.curriculum_easy_share, config.curriculum_medium_share
-
-
-def phase_of_step(step: int, config: TrainingConfig) -> str:
-    """Curriculum phase of optimiser step `step` (1-based): the phase of the batch it learns from."""
-    batches = grpo_batch_count(config)
-    return phase_at((max(1, step) - 1) * batches // config.max_steps, batches, curriculum_shares(config))
-
-
-def grpo_batch_count(config: TrainingConfig) -> int:
-    """Global batches GRPO consumes: each gives (global / mini batch) × μ optimiser steps."""
-    per_batch = (config.global_batch_size // config.mini_batch_size) * config.num_iterations
-    return math.ceil(config.max_steps / per_batch)
-
-
-def curriculum(examples: Sequence[Any], config: TrainingConfig) -> list[Any]:
-    """The examples GRPO sees, in order: `grpo_batch_count × global_batch_size` of them.
-
-    Batch b draws from the pool of its phase (`phase_at`), each pool shuffled with the config's
-    seed and cycled when exhausted; a phase with no examples of its difficulty draws from all.
-    The order is a pure function of (examples, config), which is what makes resume exact.
+    Only the fields that shape the stage count (`TrainingConfig.stage_fields`): a new time
+    budget or checkpoint interval in the next Kaggle session is fine.
     """
-    if not examples:
-        raise ValueError("curriculum needs at least one training example; check load_splits(config)['train']")
-    rng = random.Random(config.seed)
-    pools: dict[str, list[Any]] = {}
-    for phase in PHASES:
-        pool = [e for e in examples if getattr(e, "difficulty", None) == phase] or list(examples)
-        rng.shuffle(pool)
-        pools[phase] = pool
-    cursor = dict.fromkeys(PHASES, 0)
-    order = []
-    batches = grpo_batch_count(config)
-    for batch in range(batches):
-        phase = phase_at(batch, batches, curriculum_shares(config))
-        pool = pools[phase]
-        for _ in range(config.global_batch_size):
-            order.append(pool[cursor[phase] % len(pool)])
-            cursor[phase] += 1
-    return order
+    drop_untrained_checkpoints(run_dir, stage)
+    info = latest_stage_checkpoint(run_dir, stage)
+    fields = config.stage_fields(stage)
+    if info is None or allow_config_change or info.fingerprint in (None, config.fingerprint(fields)):
+        return
+    saved = info.sidecar.get("config") or {}
+    changed = [f"{k}: {saved.get(k)!r} → {getattr(config, k)!r}" for k in fields if saved.get(k) != getattr(config, k)]
+    raise ConfigMismatchError(
+        f"{info} was trained with other {stage} settings ({'; '.join(changed) or 'unknown fields'}). "
+        f"Go back to those settings, start a fresh run (another COURSE_RUN_DIR, or delete "
+        f"{info.path.parent}), or pass allow_config_change=True to continue with the new ones."
+    )
 
 
-def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int) -> Callable[[Any], Any]:
-    """Linear warm-up to `peak`, then cosine decay towards 0 (the official Tunix recipe), as a
-    function of optax's update count (part 06).
+def _flush_step_rows(trainer: Any, metrics: Any, cluster: Any = None) -> None:
+    """Put the rows of every step the trainer has made on disk, before its checkpoint is saved.
 
-    optax evaluates a schedule at the count of updates done so far, so the first update reads
-    count 0. The schedule here is shifted by one: update k (1-based) runs at
-    `peak × k / warmup_steps` during warm-up (never at 0) and the last update at a small
-    positive rate. `update_learning_rate(schedule, k)` reads the rate of update k.
+    Tunix holds metrics back to overlap their I/O with the next step: the trainer logs update
+    s's loss at update s + 1, and RLCluster logs batch b's rollout metrics when batch b + 1
+    starts; a run killed right after checkpoint s would lose those rows for good. Here they are
+    logged now (Tunix 0.1.7 internals `_prev_buffered_train_metrics`, `_buffered_train_metrics`;
+    where a version lacks them, rows are written as before).
     """
-    import optax
-
-    warmup = max(0, min(warmup_steps, total_steps - 1))
-    shifted = optax.schedules.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1) + 1, end_value=0.0,
-    )
-    return lambda count: shifted(count + 1)
-
-
-def update_learning_rate(schedule: Callable[[Any], Any], k: int) -> float:
-    """The learning rate optax applies in update `k` (1-based) under `schedule` (part 06): the
-    schedule read at count k − 1, the number of updates done before it. Metrics log this."""
-    if k < 1:
-        raise ValueError(f"update k={k} must be >= 1 (updates are counted from 1)")
-    return float(schedule(k - 1))
+    held = getattr(trainer, "_prev_buffered_train_metrics", None)
+    if held is not None:
+        held.step += 1  # as _write_train_metrics does: the update count after this update
+        trainer._write_metrics(held)
+        trainer._prev_buffered_train_metrics = None
+    buffered = getattr(cluster, "_buffered_train_metrics", None)
+    if buffered:
+        for item in buffered:
+            cluster._log_metrics(item)
+        buffered.clear()
+    metrics.flush(int(trainer.train_steps))
 
 
-def grpo_learning_rate(config: TrainingConfig) -> float:
-    """GRPO's peak learning rate: `config.learning_rate`, or 0 for the control run `control="lr0"`
-    (rollouts, rewards and updates all run; the weights cannot move)."""
-    return 0.0 if config.control == "lr0" else config.learning_rate
+def install_sidecar(trainer: Any, stage: str, config: TrainingConfig, metrics: Any, cluster: Any = None) -> None:
+    """Make every checkpoint the trainer saves carry the course's sidecar, with the metric rows
+    of the steps it covers already on disk.
+
+    The sidecar rides in Orbax's custom metadata under "course" (Tunix's own `global_step` is
+    kept), so it is written atomically with the arrays. Tunix 0.1.7's final save passes no
+    metadata at all, so that one is redone here with it, and never at step 0: a trainer closed
+    before its first step has nothing of its own to save.
+    """
+    own = trainer.custom_checkpoint_metadata
+
+    def metadata() -> dict[str, Any]:
+        step = int(trainer.train_steps)
+        # Tunix asks for the metadata at every update and saves at the interval's steps (and at
+        # the first, when there is no checkpoint yet): flush the rows when it will save.
+        if step > 0 and (step % config.checkpoint_every == 0 or trainer.checkpoint_manager.latest_step() is None):
+            _flush_step_rows(trainer, metrics, cluster)
+        return {**own(), "course": {
+            "stage": stage, "phase": phase_of_step(step, config) if stage == "grpo" else stage,
+            "profile": config.profile, "config_fingerprint": config.fingerprint(config.stage_fields(stage)),
+            "config": config.to_dict(), "metrics_file": metrics.path.name, "metrics_rows": len(metrics.rows),
+            "last_metrics": metrics.rows[-1] if metrics.rows else None, "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }}
+
+    def save_last() -> None:
+        manager, step = trainer.checkpoint_manager, int(trainer.train_steps)
+        if step > 0 and (manager.latest_step() is None or manager.latest_step() < step):
+            _flush_step_rows(trainer, metrics, cluster)
+            manager.save(step, trainer.model, trainer.optimizer, save_only_lora_params=trainer._lora_enabled,
+                         force=True, custom_metadata=metadata())
+
+    trainer.custom_checkpoint_metadata = metadata
+    trainer._save_last_checkpoint = save_last
 
 
-def shuffle_within_groups(reward_fns: Sequence[Callable], group_size: int, seed: int) -> list[Callable]:
-    """The control `control="shuffle"`: each reward function's outputs permuted within every
-    group of G, by one permutation shared by all functions of a step (their sum is shuffled as a
-    whole, so a reply is paid another reply's total). The update then sees rewards with no
-    relation to its replies; the logged accuracy and mixed-group share stay the true ones."""
-    import zlib
+@dataclasses.dataclass
+class StageResult:
+    """What a training stage did: its steps, where it stopped, and why."""
 
-    def permutation(completions: Any) -> np.ndarray:
-        text = "\x00".join(str(c) for c in completions)
-        rng = np.random.default_rng([seed, zlib.crc32(text.encode("utf-8", "replace"))])
-        groups = len(completions) // group_size
-        return rng.permuted(np.tile(np.arange(group_size), (groups, 1)), axis=1)
+    stage: str
+    start_step: int
+    end_step: int
+    max_steps: int
+    seconds: float
+    stopped_by_budget: bool
+    timings: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # seconds per call
 
-    def wrap(fn: Callable) -> Callable:
-        def shuffled(prompts: Any, completions: Any, answer: Any, **kwargs: Any) -> list[float]:
-            values = np.asarray(fn(prompts, completions, answer, **kwargs), dtype=np.float64)
-            grouped = values.reshape(-1, group_size)
-            return np.take_along_axis(grouped, permutation(list(completions)), axis=1).ravel().tolist()
+    @property
+    def finished(self) -> bool:
+        return self.end_step >= self.max_steps
 
-        shuffled.__name__ = shuffled.__qualname__ = fn.__name__
-        if hasattr(fn, "last_breakdowns"):
-            shuffled.last_breakdowns = fn.last_breakdowns  # type: ignore[attr-defined]
-        return shuffled
-
-    return [wrap(fn) for fn in reward_fns]
+    def message(self) -> str:
+        text = (f"{self.stage}: steps {self.start_step}→{self.end_step} of {self.max_steps} "
+                f"({self.end_step - self.start_step} this session, {self.seconds:.0f} s)")
+        if self.stopped_by_budget and not self.finished:
+            text += ("; the time budget ran out, a checkpoint is saved: run this part again "
+                     "(or the next Kaggle session with this output attached) to continue")
+        return text
 
 
-def make_optimizer(config: TrainingConfig, *, peak: float, total_steps: int, warmup_steps: int,
-                   max_grad_norm: float) -> Any:
-    """AdamW with warm-up + cosine decay, after global-norm gradient clipping."""
-    import optax
-
-    schedule = learning_rate_schedule(peak, total_steps, warmup_steps)
-    return optax.chain(
-        optax.clip_by_global_norm(max_grad_norm),
-        optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, weight_decay=config.weight_decay),
-    )
+# --- the time budget -----------------------------------------------------------------------------
 
 
 class Deadline:
@@ -209,7 +225,7 @@ class Deadline:
 
     def reserve(self, minutes: float) -> "Deadline":
         """A deadline `minutes` before this one, for work that must leave time for what follows
-        it inside the same budget (part 06 keeps the final evaluation's minutes out of training's)."""
+        it inside the same budget (part 06 keeps the evaluations' minutes out of training's)."""
         if minutes < 0:
             raise ValueError(f"minutes={minutes} must be zero or more")
         earlier = Deadline(None)
@@ -224,13 +240,11 @@ EVAL_MARGIN = 1.25  # an evaluation's time varies with how long the replies are
 
 def evaluation_minutes(config: TrainingConfig, run_dir: str | Path | None = None,
                        examples: int | None = None) -> float:
-    """Minutes one evaluation of `examples` held-out problems takes, with a margin, so part 06
-    can keep them inside the session's time budget (`Deadline.reserve`).
+    """Minutes one evaluation of `examples` held-out problems takes, with a margin (part 06).
 
-    Measured where possible: scaled from this run's saved "sft" (else "baseline") evaluation
-    (its greedy + sampled seconds, `evaluation.evaluate_model`), which part 06 makes before
-    training. Otherwise from the batch count and `config.ASSUMED_SECONDS["eval_batch"]`,
-    an assumption for a TPU v5e-8 until a TPU run measures it.
+    Scaled from this run's saved "sft" (else "baseline") evaluation where there is one (its
+    greedy + sampled seconds); else from the batch count and `config.ASSUMED_SECONDS
+    ["eval_batch"]`, an assumption for a TPU v5e-8 until a TPU run measures it.
     """
     from course_utils.evaluation import saved_result
     from course_utils.config import ASSUMED_SECONDS, GSM8K_TEST_SIZE
@@ -243,121 +257,100 @@ def evaluation_minutes(config: TrainingConfig, run_dir: str | Path | None = None
         seconds = float(saved.settings.get("seconds_greedy") or 0.0) + float(saved.settings.get("seconds_sampled") or 0.0)
         if seconds > 0:
             return EVAL_MARGIN * seconds * n / len(saved.rows) / 60.0
-
     sampled = min(n, config.eval_sampled_examples or n) * config.eval_samples_k if config.eval_samples_k > 1 else 0
     batches = math.ceil(n / config.eval_batch_size) + math.ceil(sampled / config.eval_batch_size)
     return EVAL_MARGIN * batches * ASSUMED_SECONDS["eval_batch"] / 60.0
 
 
-# --- metrics from Tunix into the course's JSONL -----------------------------------------------
+def _until(batches: Iterator[Any], deadline: Deadline, skip: int) -> Iterator[Any]:
+    """Pass batches through until the deadline; the `skip` already trained ones and one new
+    batch always pass, so every session makes progress."""
+    for index, batch in enumerate(batches):
+        if index > skip and deadline.expired():
+            print(f"time budget of {deadline.minutes} min reached: saving and stopping cleanly")
+            return
+        yield batch
 
 
-# Tunix logs rollout-side metrics at the 0-based batch index and the trainer's at the 1-based
-# update step: update s learns from the rollouts of batch s - 1, so those shift by one.
-_GRPO_SOURCES = {"actor": 0, "completions": 1, "course": 1}
-_SFT_SOURCES = {"": 0}
-_RENAME = {
-    "actor/loss": "policy_loss", "actor/kl": "kl", "actor/grad_norm": "grad_norm",
-    "actor/pg_clipfrac": "clip_fraction", "completions/mean_length": "completion_length_mean",
-    "completions/max_length": "completion_length_max", "/loss": "loss", "/grad_norm": "grad_norm",
-}
-_SKIP = {"actor/perplexity", "completions/min_length"}
+# --- curriculum and learning rate ----------------------------------------------------------------
 
 
-class _StepRowsBackend:
-    """A Tunix/metrax logging backend that assembles one metrics row per step for the JSONL.
+def phase_at(step: int, max_steps: int, shares: tuple[float, float] = (1 / 3, 1 / 3)) -> str:
+    """Curriculum phase of GRPO batch `step` (0-based) of `max_steps`, easy → medium → hard: the
+    first `shares[0]` of the run is easy, the next `shares[1]` medium, the rest hard."""
+    if max_steps <= 0:
+        raise ValueError(f"max_steps={max_steps} must be positive")
+    easy_end = math.ceil(round(shares[0] * max_steps, 9))
+    medium_end = math.ceil(round((shares[0] + shares[1]) * max_steps, 9))
+    step = max(0, step)
+    return PHASES[0] if step < easy_end else PHASES[1] if step < medium_end else PHASES[2]
 
-    `sources` maps an event's prefix to its step offset; events from other prefixes (Tunix's
-    duplicates, JAX and Orbax internals) are ignored. A row is written once two later steps
-    have been seen (events of one step may arrive late), and the rest on `close`.
+
+def grpo_batch_count(config: TrainingConfig) -> int:
+    """Global batches GRPO consumes: each gives (global / mini batch) × μ optimiser steps."""
+    per_batch = (config.global_batch_size // config.mini_batch_size) * config.num_iterations
+    return math.ceil(config.max_steps / per_batch)
+
+
+def phase_of_step(step: int, config: TrainingConfig) -> str:
+    """Curriculum phase of optimiser step `step` (1-based): the phase of the batch it learns from."""
+    batches = grpo_batch_count(config)
+    shares = (config.curriculum_easy_share, config.curriculum_medium_share)
+    return phase_at((max(1, step) - 1) * batches // config.max_steps, batches, shares)
+
+
+def curriculum(examples: Sequence[Any], config: TrainingConfig) -> list[Any]:
+    """The examples GRPO sees, in order: `grpo_batch_count × global_batch_size` of them.
+
+    Batch b draws from the pool of its phase (`phase_at`), each pool shuffled with the config's
+    seed and cycled when exhausted; a phase with no examples of its difficulty draws from all.
+    The order is a pure function of (examples, config), which is what makes resume exact.
     """
-
-    def __init__(self, logger: Any, sources: dict[str, int], extra: Callable[[int, float], dict]) -> None:
-        self.logger, self.sources, self.extra = logger, sources, extra
-        self.pending: dict[int, dict[str, float]] = {}
-        self.arrived: dict[int, float] = {}
-
-    def log_scalar(self, event: str, value: Any, **kwargs: Any) -> None:
-        step = kwargs.get("step")
-        prefix, _, rest = event.partition("/")
-        mode, _, name = rest.partition("/")
-        if step is None or mode != "train" or prefix not in self.sources or not name:
-            return
-        key = f"{prefix}/{name}"
-        if key in _SKIP:
-            return
-        step = int(step) + self.sources[prefix]
-        try:
-            number = float(np.asarray(value).mean())
-        except (TypeError, ValueError):
-            return
-        self.pending.setdefault(step, {})[_RENAME.get(key, name)] = number
-        if self.sources[prefix] == 0:
-            self.arrived.setdefault(step, time.perf_counter())
-        for done in sorted(k for k in self.pending if k <= step - 2):
-            self._write(done)
-
-    def _write(self, step: int) -> None:
-        row = self.pending.pop(step)
-        if step >= 1 and step > (self.logger.last_step or 0):
-            previous = self.arrived.get(step - 1)
-            seconds = self.arrived[step] - previous if previous and step in self.arrived else math.nan
-            row.update(self.extra(step, seconds))
-            self.logger.log(row, step=step)
-
-    def flush(self, step: int) -> None:
-        """Write the rows of every step up to `step` now (a checkpoint of `step` is being saved)."""
-        for done in sorted(k for k in self.pending if k <= step):
-            self._write(done)
-
-    def close(self) -> None:
-        for step in sorted(self.pending):
-            self._write(step)
+    if not examples:
+        raise ValueError("curriculum needs at least one training example; check load_splits(config)['train']")
+    rng = random.Random(config.seed)
+    pools: dict[str, list[Any]] = {}
+    for phase in PHASES:
+        pools[phase] = [e for e in examples if getattr(e, "difficulty", None) == phase] or list(examples)
+        rng.shuffle(pools[phase])
+    cursor = dict.fromkeys(PHASES, 0)
+    order = []
+    batches = grpo_batch_count(config)
+    for batch in range(batches):
+        phase = phase_at(batch, batches, (config.curriculum_easy_share, config.curriculum_medium_share))
+        for _ in range(config.global_batch_size):
+            order.append(pools[phase][cursor[phase] % len(pools[phase])])
+            cursor[phase] += 1
+    return order
 
 
-def _flush_step_rows(trainer: Any, backend: _StepRowsBackend, cluster: Any = None) -> None:
-    """Put the rows of every step the trainer has made on disk, before its checkpoint is saved.
+def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int) -> Callable[[Any], Any]:
+    """Linear warm-up to `peak`, then cosine decay towards 0, as a function of optax's update
+    count (part 06).
 
-    Tunix holds metrics back to overlap their I/O with the next step: the trainer logs update
-    s's loss at update s + 1, and RLCluster logs batch b's rollout metrics when batch b + 1
-    starts. A run killed right after checkpoint s would lose those rows, and the resumed run
-    (which continues after s) would never write them. Here the trainer's held-back update is
-    logged now (Tunix's `_write_train_metrics` then starts its overlap afresh), the cluster's
-    buffered rollout metrics too, and the backend writes every row up to the checkpoint.
-    Tunix 0.1.7 internals (`_prev_buffered_train_metrics`, `_buffered_train_metrics`); where a
-    version lacks them, rows are written as before.
+    optax reads a schedule at the count of updates done so far, so the first update reads
+    count 0, where a warm-up starts at 0. This schedule is shifted by one: update k (1-based)
+    runs at `peak × k / warmup_steps` during warm-up (never at 0), the last one at a small
+    positive rate. `update_learning_rate(schedule, k)` reads the rate of update k.
     """
-    held = getattr(trainer, "_prev_buffered_train_metrics", None)
-    if held is not None:
-        held.step += 1  # as _write_train_metrics does: the update count after this update
-        trainer._write_metrics(held)
-        trainer._prev_buffered_train_metrics = None
-    buffered = getattr(cluster, "_buffered_train_metrics", None)
-    if buffered:
-        for metrics in buffered:
-            cluster._log_metrics(metrics)
-        buffered.clear()
-    backend.flush(int(trainer.train_steps))
+    import optax
 
-
-def _logging_options(log_dir: Path, backend: _StepRowsBackend) -> Any:
-    from tunix.sft import metrics_logger
-
-    def tensorboard() -> Any:
-        return metrics_logger.TensorboardBackend(log_dir=str(log_dir), flush_every_n_steps=1)
-
-    return metrics_logger.MetricsLoggerOptions(
-        log_dir=str(log_dir), flush_every_n_steps=1,
-        backend_kwargs={"custom_backend": [tensorboard, lambda: backend]},
+    warmup = max(0, min(warmup_steps, total_steps - 1))
+    shifted = optax.schedules.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1) + 1, end_value=0.0,
     )
+    return lambda count: shifted(count + 1)
 
 
-def _checkpoint_options(config: TrainingConfig) -> Any:
-    import orbax.checkpoint as ocp
+def update_learning_rate(schedule: Callable[[Any], Any], k: int) -> float:
+    """The learning rate optax applies in update `k` (1-based): the schedule at count k − 1."""
+    if k < 1:
+        raise ValueError(f"update k={k} must be >= 1 (updates are counted from 1)")
+    return float(schedule(k - 1))
 
-    return ocp.CheckpointManagerOptions(
-        save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints
-    )
+
+# --- stage 1: SFT ------------------------------------------------------------------------------
 
 
 def _tokenizer_adapter(tokenizer: Any) -> Any:
@@ -366,103 +359,6 @@ def _tokenizer_adapter(tokenizer: Any) -> Any:
     if isinstance(tokenizer, tokenizer_adapter.TokenizerAdapter):
         return tokenizer
     return tokenizer_adapter.TokenizerAdapter(tokenizer)
-
-
-@dataclasses.dataclass
-class StageResult:
-    """What a training stage did: its steps, where it stopped, and why."""
-
-    stage: str
-    start_step: int
-    end_step: int
-    max_steps: int
-    seconds: float
-    stopped_by_budget: bool
-    checkpoint_dir: Path
-    metrics_path: Path
-    timings: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # seconds per call
-
-    @property
-    def finished(self) -> bool:
-        return self.end_step >= self.max_steps
-
-    def message(self) -> str:
-        ran = self.end_step - self.start_step
-        text = (f"{self.stage}: steps {self.start_step}→{self.end_step} of {self.max_steps} "
-                f"({ran} this session, {self.seconds:.0f} s)")
-        if self.stopped_by_budget and not self.finished:
-            text += ("; the time budget ran out, a checkpoint is saved: run this part again "
-                     "(or the next Kaggle session with this output attached) to continue")
-        return text
-
-
-def _install_sidecar(trainer: Any, stage: str, config: TrainingConfig, logger: Any,
-                     phase_of: Callable[[int], str], backend: _StepRowsBackend | None = None,
-                     cluster: Any = None) -> None:
-    """Make every checkpoint the trainer saves carry the course's JSON sidecar, and find the
-    metric rows of the steps it covers already on disk (`_flush_step_rows`, given `backend`).
-
-    The sidecar rides in Orbax's custom metadata, so it is written atomically with the arrays.
-    Tunix's RL trainer keeps its own `global_step` there: that is preserved. Tunix 0.1.7's final
-    save (when training ends or the time budget stops it) passes no metadata at all, so that
-    one is redone here with it, and never at step 0: a trainer closed before its first step
-    (the time budget ran out first) has nothing of its own to save, and a step-0 checkpoint
-    would be restored over the weights the next session brings (`drop_untrained_checkpoints`).
-    """
-    own = trainer.custom_checkpoint_metadata
-
-    def metadata() -> dict[str, Any]:
-        step = int(trainer.train_steps)
-        # Tunix asks for the metadata at every update and saves at the interval's steps (and at
-        # the first, when there is no checkpoint yet): flush the rows when it will save.
-        saves = step % config.checkpoint_every == 0 or trainer.checkpoint_manager.latest_step() is None
-        if backend is not None and step > 0 and saves:
-            _flush_step_rows(trainer, backend, cluster)
-        rows = logger.rows
-        return {**own(), "course": {
-            "stage": stage, "phase": phase_of(step), "profile": config.profile,
-            "config_fingerprint": config.fingerprint(config.stage_fields(stage)), "config": config.to_dict(),
-            "metrics_file": logger.path.name, "metrics_rows": len(rows),
-            "last_metrics": rows[-1] if rows else None, "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }}
-
-    def save_last() -> None:
-        manager = trainer.checkpoint_manager
-        last = manager.latest_step()
-        if trainer.train_steps > 0 and (last is None or last < trainer.train_steps):
-            if backend is not None:
-                _flush_step_rows(trainer, backend, cluster)
-            manager.save(trainer.train_steps, trainer.model, trainer.optimizer,
-                         save_only_lora_params=trainer._lora_enabled, force=True,
-                         custom_metadata=metadata())
-
-    trainer.custom_checkpoint_metadata = metadata
-    trainer._save_last_checkpoint = save_last
-
-
-def _check_fingerprint(checkpoint_dir: Path, config: TrainingConfig, stage: str,
-                       allow_config_change: bool) -> None:
-    """Refuse to resume a stage whose settings changed since its last checkpoint, unless told to.
-
-    Only the fields that shape the stage count (`TrainingConfig.stage_fields`): a new time
-    budget or checkpoint interval in the next Kaggle session is fine.
-    """
-    from course_utils.checkpoints import ConfigMismatchError, latest_checkpoint
-
-    info = latest_checkpoint(checkpoint_dir)
-    fields = config.stage_fields(stage)
-    if info is None or allow_config_change or info.fingerprint in (None, config.fingerprint(fields)):
-        return
-    saved = info.sidecar.get("config") or {}
-    changed = [f"{k}: {saved.get(k)!r} → {getattr(config, k)!r}" for k in fields if saved.get(k) != getattr(config, k)]
-    raise ConfigMismatchError(
-        f"{info} was trained with other {stage} settings ({'; '.join(changed) or 'unknown fields'}). "
-        f"Go back to those settings, start a fresh run (another COURSE_RUN_DIR, or delete "
-        f"{checkpoint_dir}), or pass allow_config_change=True to continue with the new ones."
-    )
-
-
-# --- stage 1: SFT warm-start ---------------------------------------------------------------
 
 
 def sft_example_tokens(example: Any, tokenizer: Any, max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -506,61 +402,12 @@ def sft_batches(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig)
         yield peft_trainer.TrainingInput(input_tokens=tokens, input_mask=mask)
 
 
-def train_sft(config: TrainingConfig, model: Any, tokenizer: Any, examples: Sequence[Any],
-              run_dir: str | Path, *, deadline: Deadline | None = None,
-              allow_config_change: bool = False) -> StageResult:
-    """LoRA SFT on course-format worked solutions with Tunix's PeftTrainer (part 06, stage 1).
-
-    `deadline` is the session's time budget, shared with GRPO (default: a new one from the
-    config). Re-running it continues from the newest SFT checkpoint.
-    """
-    from tunix.sft import peft_trainer
-
-    from course_utils.metrics import MetricsLogger
-
-    run_dir = Path(run_dir)
-    directory = checkpoint_dir(run_dir, "sft")
-    if config.sft_steps == 0:
-        print("sft: sft_steps=0, skipping the warm-start")
-        return StageResult("sft", 0, 0, 0, 0.0, False, directory, run_dir / "metrics_sft.jsonl")
-    drop_untrained_checkpoints(run_dir, "sft")
-    _check_fingerprint(directory, config, "sft", allow_config_change)
-    logger = MetricsLogger(run_dir, "sft")
-    lr = learning_rate_schedule(config.sft_learning_rate, config.sft_steps, max(1, config.sft_steps // 10))
-    backend = _StepRowsBackend(logger, _SFT_SOURCES, lambda step, seconds: {
-        "stage": "sft", "learning_rate": update_learning_rate(lr, step), "seconds_per_step": seconds})
-    training_config = peft_trainer.TrainingConfig(
-        eval_every_n_steps=10**9, max_steps=config.sft_steps,
-        checkpoint_root_directory=str(directory),
-        checkpointing_options=_checkpoint_options(config),
-        metrics_logging_options=_logging_options(run_dir / "tensorboard" / "sft", backend),
-        pbar_description="SFT",
-    )
-    trainer = peft_trainer.PeftTrainer(model, sft_optimizer(config), training_config).with_gen_model_input_fn(
-        sft_model_inputs(_tokenizer_adapter(tokenizer).pad_id()))
-    _install_sidecar(trainer, "sft", config, logger, lambda step: "sft", backend)
-    start = trainer.train_steps
-    logger.resume(start)
-    started = backend.arrived[start] = time.perf_counter()
-    deadline = deadline or Deadline(config.time_budget_minutes)
-    if start < config.sft_steps:
-        trainer.train(_until(sft_batches(examples, tokenizer, config), deadline, start))
-    else:
-        trainer.close()
-    return StageResult("sft", start, trainer.train_steps, config.sft_steps, time.perf_counter() - started,
-                       deadline.expired(), directory, logger.path)
-
-
-def sft_optimizer(config: TrainingConfig) -> Any:
-    """SFT's optimiser (part 06, stage 1): AdamW at `sft_learning_rate`, 10 % warm-up, clipping at 1."""
-    return make_optimizer(config, peak=config.sft_learning_rate, total_steps=config.sft_steps,
-                          warmup_steps=max(1, config.sft_steps // 10), max_grad_norm=1.0)
-
-
-def sft_model_inputs(pad: int) -> Callable[[Any], dict[str, Any]]:
+def sft_model_inputs(tokenizer: Any) -> Callable[[Any], dict[str, Any]]:
     """PeftTrainer's `gen_model_input_fn` for SFT: positions and a causal mask that skip padding
-    (the loss mask `input_mask` stays the answer-only mask)."""
+    (`tokenizer`, or its pad id; the loss mask `input_mask` stays the answer-only mask)."""
     from tunix.sft import utils as sft_utils
+
+    pad = tokenizer if isinstance(tokenizer, int) else _tokenizer_adapter(tokenizer).pad_id()
 
     def model_inputs(batch: Any) -> dict[str, Any]:
         not_pad = batch.input_tokens != pad
@@ -571,117 +418,35 @@ def sft_model_inputs(pad: int) -> Callable[[Any], dict[str, Any]]:
     return model_inputs
 
 
-def grpo_optimizer(config: TrainingConfig) -> Any:
-    """GRPO's optimiser (part 06, stage 2): AdamW at `grpo_learning_rate(config)` with the config's
-    warm-up, cosine decay and `max_grad_norm` clipping."""
-    return make_optimizer(config, peak=grpo_learning_rate(config), total_steps=config.max_steps,
-                          warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm)
+def run_sft(trainer: Any, batches: Iterator[Any], config: TrainingConfig, metrics: Any,
+            deadline: Deadline | None = None) -> StageResult:
+    """Train SFT from where its newest checkpoint left off, until `config.sft_steps` or the
+    deadline, every checkpoint with the course's sidecar (part 06)."""
+    if config.sft_steps == 0:
+        print("sft: sft_steps=0, skipping the warm-start")
+        return StageResult("sft", 0, 0, 0, 0.0, False)
+    install_sidecar(trainer, "sft", config, metrics)
+    start = int(trainer.train_steps)
+    metrics.resume(start)
+    started, deadline = time.perf_counter(), deadline or Deadline(config.time_budget_minutes)
+    if start < config.sft_steps:
+        trainer.train(_until(batches, deadline, start))
+    else:
+        trainer.close()
+    return StageResult("sft", start, int(trainer.train_steps), config.sft_steps, time.perf_counter() - started,
+                       deadline.expired())
 
 
-def grpo_algo_config(config: TrainingConfig) -> Any:
-    """Tunix's GRPOConfig for `config` (loss function, G, μ, β, ε, KL mode, aggregation, advantages);
-    its temperature is the rollout's, as GRPOLearner sets it."""
-    from course_utils.policy_loss import grpo_config
-
-    algo = grpo_config(config.grpo_loss_fn, num_generations=config.num_generations,
-                       num_iterations=config.num_iterations, beta=config.beta, epsilon=config.epsilon,
-                       kl_loss_mode=config.kl_loss_mode, loss_agg_mode=config.loss_agg_mode,
-                       advantage_estimator=config.advantage_estimator)
-    algo.temperature = config.temperature
-    return algo
-
-
-def _until(batches: Iterator[Any], deadline: Deadline, skip: int) -> Iterator[Any]:
-    """Pass batches through until the deadline. The `skip` already trained ones and one new
-    batch always pass, so every session makes progress."""
-    for index, batch in enumerate(batches):
-        if index > skip and deadline.expired():
-            print(f"time budget of {deadline.minutes} min reached: saving and stopping cleanly")
-            return
-        yield batch
-
-
-# --- stage 2: GRPO ---------------------------------------------------------------------------
-
-
-GRPO_PHASES = {"rollout": "generate", "reference": "get_ref_per_token_logps",
-               "old_policy": "get_old_per_token_logps", "update": "update_actor"}
-
-
-def _time_phases(cluster: Any) -> dict[str, list[float]]:
-    """Time each call of the cluster's rollout, reference log-probs and actor update."""
-    timings: dict[str, list[float]] = {name: [] for name in GRPO_PHASES}
-
-    def timed(name: str, method: Callable) -> Callable:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                timings[name].append(time.perf_counter() - began)
-        return wrapper
-
-    for name, attribute in GRPO_PHASES.items():
-        setattr(cluster, attribute, timed(name, getattr(cluster, attribute)))
-    return timings
-
-
-def end_of_turn_id(tokenizer: Any) -> int:
-    """The id of Gemma's ``<end_of_turn>`` in `tokenizer` (106 in Gemma 3's vocabulary)."""
-    ids = list(_tokenizer_adapter(tokenizer).encode(END_OF_TURN))
-    if len(ids) != 1:
-        raise ValueError(f"the tokenizer encodes {END_OF_TURN} as {ids}, not one token: it is not Gemma's")
-    return int(ids[0])
-
-
-def completions_with_stop(tokens: Sequence[np.ndarray], max_tokens: int, stop_id: int) -> list[np.ndarray]:
-    """Completion tokens with the stop token put back on every reply that stopped by itself
-    (part 06, `config.learn_to_stop`).
-
-    Tunix's rollout cuts each completion before its end token, so the loss never sees the
-    decision to stop and GRPO cannot reinforce it. A reply shorter than `max_tokens` ended on
-    an end token: `stop_id` is appended, and the stop gets the reply's advantage like any other
-    token. A reply that ran to the limit never stopped and is left as it is.
-    """
-    return [np.append(np.asarray(t), np.asarray(stop_id, np.asarray(t).dtype)) if len(t) < max_tokens
-            else np.asarray(t) for t in tokens]
-
-
-def _learn_to_stop(cluster: Any, config: TrainingConfig, stop_id: int) -> None:
-    """Make the cluster's rollout return completions that keep their stop token."""
-    generate = cluster.generate
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        output = generate(*args, **kwargs)
-        output.tokens = completions_with_stop(output.tokens, config.max_generation_length, stop_id)
-        return output
-
-    cluster.generate = wrapper
-
-
-def reward_step(train_steps: int, config: TrainingConfig) -> float:
-    """The GRPO step, 0 … max_steps − 1, whose rollouts are being scored when the actor has
-    made `train_steps` updates (part 06): the annealed reward weights read it.
-
-    One batch of rollouts feeds (global / mini batch) × μ updates, so batch b is step
-    b × (max_steps − 1) / (batches − 1): the first batch pays the start weights, the last one
-    exactly the end weights, whatever the batch sizes.
-    """
-    batches = grpo_batch_count(config)
-    per_batch = (config.global_batch_size // config.mini_batch_size) * config.num_iterations
-    batch = min(batches - 1, max(0, int(train_steps) // per_batch))
-    return float(config.max_steps - 1) if batches == 1 else batch * (config.max_steps - 1) / (batches - 1)
+# --- stage 2: GRPO -----------------------------------------------------------------------------
 
 
 def make_reference(base: Any, actor: Any, config: TrainingConfig, mesh: Any = None) -> Any:
     """GRPO's reference model π_ref, frozen, sharing the base weights with the actor.
 
-    "sft" (default): a second LoRA wrapper of the base holding a copy of the actor's current
-    LoRA weights — call it after SFT, so the KL term anchors GRPO to the policy it starts
-    from (as DeepSeek-R1 does). "base": the untouched base model, which the KL term then pulls
-    back towards (the official Tunix notebook's choice, where there is no SFT stage).
-    None when β = 0: without a KL term Tunix computes no reference log-probabilities, so no
-    reference copy (and no reference forward pass) is needed.
+    None when β = 0 (Tunix then computes no reference log-probabilities). "sft" (default): a
+    second LoRA wrapper of the base holding a copy of the actor's current LoRA weights — call
+    it after SFT, so the KL term anchors GRPO to the policy it starts from (as DeepSeek-R1
+    does). "base": the untouched base model (the official Tunix notebook's choice).
     """
     if config.beta == 0:
         return None
@@ -697,20 +462,16 @@ def make_reference(base: Any, actor: Any, config: TrainingConfig, mesh: Any = No
 
 
 def prompts_that_fit(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig) -> list[Any]:
-    """The examples whose prompt fits `max_prompt_length` tokens; says how many it dropped.
-
-    A longer prompt would make Tunix's sampler round the prompt up past the KV cache.
-    """
+    """The examples whose prompt fits `max_prompt_length` tokens (a longer one would make
+    Tunix's sampler round the prompt up past the KV cache); says how many it dropped."""
     from course_utils.data import build_prompt
     from course_utils.generate import prompt_token_counts
 
     counts = prompt_token_counts(_tokenizer_adapter(tokenizer), [build_prompt(e.question) for e in examples])
     kept = [e for e, n in zip(examples, counts) if n <= config.max_prompt_length]
     if not kept:
-        raise ValueError(
-            f"no prompt fits max_prompt_length={config.max_prompt_length} tokens; raise "
-            "max_prompt_length (and cache_size) in the config"
-        )
+        raise ValueError(f"no prompt fits max_prompt_length={config.max_prompt_length} tokens; raise "
+                         "max_prompt_length (and cache_size) in the config")
     if len(kept) < len(examples):
         print(f"prompts: dropped {len(examples) - len(kept)} of {len(examples)} longer than "
               f"{config.max_prompt_length} tokens")
@@ -721,13 +482,8 @@ def grpo_prompts(config: TrainingConfig, actor: Any, tokenizer: Any, examples: S
                  run_dir: str | Path, *, model_config: Any = None,
                  pass_rates_dir: str | Path | None = None) -> list[Any]:
     """The prompts GRPO trains on (part 06): every example whose prompt fits, or, with
-    `config.filter_prompts`, the candidates the actor (the SFT policy) solves sometimes.
-
-    Filtering samples `filter_samples_k` replies to each of `filter_candidates` candidates (of
-    `filter_difficulties`) at the rollout temperature — cached in `pass_rates_dir` (default
-    ``<run_dir>/pass_rates``), so a resumed run reads them instead — and keeps those with
-    `filter_pass_rate_min ≤ p̂ ≤ filter_pass_rate_max`.
-    """
+    `config.filter_prompts`, the candidates the actor (the SFT policy) solves sometimes
+    (`filtering`; pass rates cached in `pass_rates_dir`, default ``<run_dir>/pass_rates``)."""
     from course_utils import filtering
 
     fitting = prompts_that_fit(examples, tokenizer, config)
@@ -747,9 +503,143 @@ def grpo_prompts(config: TrainingConfig, actor: Any, tokenizer: Any, examples: S
         raise ValueError(
             f"no candidate prompt has a pass rate in [{config.filter_pass_rate_min}, {config.filter_pass_rate_max}] "
             f"({stats['never']} never solved, {stats['always']} always): widen the bounds, raise "
-            "filter_candidates or filter_samples_k, or choose other filter_difficulties"
-        )
+            "filter_candidates or filter_samples_k, or choose other filter_difficulties")
     return filtering.examples_of(kept, fitting)
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The id of Gemma's ``<end_of_turn>`` in `tokenizer` (106 in Gemma 3's vocabulary)."""
+    ids = list(_tokenizer_adapter(tokenizer).encode(END_OF_TURN))
+    if len(ids) != 1:
+        raise ValueError(f"the tokenizer encodes {END_OF_TURN} as {ids}, not one token: it is not Gemma's")
+    return int(ids[0])
+
+
+def completions_with_stop(tokens: Sequence[np.ndarray], max_tokens: int, stop_id: int) -> list[np.ndarray]:
+    """Completion tokens with the stop token put back on every reply that stopped by itself
+    (`config.learn_to_stop`): Tunix's rollout cuts it off, so the loss would never see the
+    decision to stop. A reply that ran to `max_tokens` never stopped and is left as it is."""
+    return [np.append(np.asarray(t), np.asarray(stop_id, np.asarray(t).dtype)) if len(t) < max_tokens
+            else np.asarray(t) for t in tokens]
+
+
+def keep_stop_token(cluster: Any, config: TrainingConfig, stop_id: int) -> None:
+    """Make the cluster's rollout return completions that keep their stop token."""
+    generate = cluster.generate
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        output = generate(*args, **kwargs)
+        output.tokens = completions_with_stop(output.tokens, config.max_generation_length, stop_id)
+        return output
+
+    cluster.generate = wrapper
+
+
+GRPO_PHASES = {"rollout": "generate", "reference": "get_ref_per_token_logps",
+               "old_policy": "get_old_per_token_logps", "update": "update_actor"}
+
+
+def time_phases(cluster: Any) -> dict[str, list[float]]:
+    """Time each call of the cluster's rollout, reference log-probs and actor update."""
+    timings: dict[str, list[float]] = {name: [] for name in GRPO_PHASES}
+
+    def timed(name: str, method: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                timings[name].append(time.perf_counter() - began)
+        return wrapper
+
+    for name, attribute in GRPO_PHASES.items():
+        setattr(cluster, attribute, timed(name, getattr(cluster, attribute)))
+    return timings
+
+
+def reward_step(train_steps: int, config: TrainingConfig) -> float:
+    """The GRPO step, 0 … max_steps − 1, whose rollouts are being scored when the actor has
+    made `train_steps` updates: the annealed reward weights read it. Batch b is step
+    b × (max_steps − 1) / (batches − 1), so the last batch pays exactly the end weights."""
+    batches = grpo_batch_count(config)
+    per_batch = (config.global_batch_size // config.mini_batch_size) * config.num_iterations
+    batch = min(batches - 1, max(0, int(train_steps) // per_batch))
+    return float(config.max_steps - 1) if batches == 1 else batch * (config.max_steps - 1) / (batches - 1)
+
+
+def shuffle_within_groups(reward_fns: Sequence[Callable], group_size: int, seed: int) -> list[Callable]:
+    """The control `control="shuffle"`: each reward function's outputs permuted within every
+    group of G, by one permutation shared by all functions of a step (a reply is paid another
+    reply's total). The logged accuracy and mixed-group share stay the true ones."""
+
+    def permutation(completions: Any) -> np.ndarray:
+        text = "\x00".join(str(c) for c in completions)
+        rng = np.random.default_rng([seed, zlib.crc32(text.encode("utf-8", "replace"))])
+        return rng.permuted(np.tile(np.arange(group_size), (len(completions) // group_size, 1)), axis=1)
+
+    def wrap(fn: Callable) -> Callable:
+        def shuffled(prompts: Any, completions: Any, answer: Any, **kwargs: Any) -> list[float]:
+            grouped = np.asarray(fn(prompts, completions, answer, **kwargs), dtype=np.float64).reshape(-1, group_size)
+            return np.take_along_axis(grouped, permutation(list(completions)), axis=1).ravel().tolist()
+
+        shuffled.__name__ = shuffled.__qualname__ = fn.__name__
+        if hasattr(fn, "last_breakdowns"):
+            shuffled.last_breakdowns = fn.last_breakdowns  # type: ignore[attr-defined]
+        return shuffled
+
+    return [wrap(fn) for fn in reward_fns]
+
+
+def show_on_progress_bar(trainer: Any, values: dict[str, float]) -> None:
+    """Show `values` (this step's reward and accuracy) on Tunix's GRPO progress bar, beside its
+    loss and KL. The bar is the trainer's private `_pbar`: without one, nothing is shown."""
+    metrics = getattr(getattr(trainer, "_pbar", None), "metrics", None)
+    if isinstance(metrics, dict):
+        for name, value in values.items():
+            metrics[f"rollout_train_{name}"] = round(float(value), 3)  # Tunix keeps "<prefix>_train_<name>" keys
+
+
+def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequence[Callable],
+                      show: Callable[[dict[str, float]], None] | None = None) -> Callable[..., dict]:
+    """A Tunix metric function: the course's per-step numbers beyond what Tunix logs itself.
+
+    Reward mean/std in total and per component (`reward_fns[0].last_breakdowns()`), the share
+    of groups whose G rewards all tie (no learning signal), of groups whose correctness is mixed
+    (`mixed_group_frac`: the correctness signal), rollout accuracy and format rate, truncation
+    rate, reward weights, batch index. `show` receives the step's reward (and accuracy).
+    """
+    from course_utils.evaluation import is_truncated, token_counts
+
+    tok = _tokenizer_adapter(tokenizer)
+
+    def metrics(prompts: list[str], completions: list[str], rewards: Any, advantages: Any,
+                **kwargs: Any) -> dict[str, tuple[float, Callable]]:
+        grouped = np.asarray(rewards, dtype=np.float64).reshape(-1, config.num_generations)
+        out: dict[str, float] = {"reward_mean": float(grouped.mean()), "reward_std": float(grouped.std()),
+                                 "zero_advantage_frac": float(np.mean(np.ptp(grouped, axis=1) < 1e-9))}
+        limit = config.max_generation_length
+        lengths = token_counts(tok, completions, limit)
+        out["truncation_rate"] = float(np.mean([is_truncated(c, n, limit) for c, n in zip(completions, lengths)]))
+        last = getattr(reward_fns[0], "last_breakdowns", None) if reward_fns else None
+        breakdowns = last() if last is not None else []
+        for name in dict.fromkeys(n for b in breakdowns for n in b.components):
+            values = [float(b.components[name]) for b in breakdowns if name in b.components]
+            out[f"reward_{name}_mean"], out[f"reward_{name}_std"] = float(np.mean(values)), float(np.std(values))
+        if breakdowns:
+            out.update({f"weight_{name}": float(value) for name, value in breakdowns[0].weights.items()})
+            correct = [b.correct for b in breakdowns]
+            out["accuracy"] = float(np.mean(correct))
+            out["format_rate"] = float(np.mean([b.components["format"] >= 1.0 for b in breakdowns]))
+            if len(correct) % config.num_generations == 0:
+                out["mixed_group_frac"] = mixed_group_fraction(correct, config.num_generations)
+        if show is not None:
+            show({"reward": out["reward_mean"], **({"accuracy": out["accuracy"]} if "accuracy" in out else {})})
+        logged = {f"course/{k}": (v, np.mean) for k, v in out.items()}
+        if "batch_index" in kwargs:
+            logged["course/batch_index"] = (float(np.min(kwargs["batch_index"])), np.min)
+        return logged
+
+    return metrics
 
 
 def grpo_batches(order: Sequence[Any], config: TrainingConfig, *, rollout_config: Any = None,
@@ -782,176 +672,86 @@ def grpo_batches(order: Sequence[Any], config: TrainingConfig, *, rollout_config
         }
 
 
-def show_on_progress_bar(trainer: Any, values: dict[str, float]) -> None:
-    """Show `values` (this step's reward and accuracy) on Tunix's GRPO progress bar (part 06).
-
-    Tunix 0.1.7's bar shows only the actor's loss, perplexity and KL, averaged over the run; the
-    course adds the rollout's current reward beside them, next to tqdm's ETA. The bar is the
-    trainer's `_pbar` (Tunix has no public hook for it): where a Tunix version has none, nothing
-    is shown and nothing fails.
-    """
-    metrics = getattr(getattr(trainer, "_pbar", None), "metrics", None)
-    if isinstance(metrics, dict):
-        for name, value in values.items():
-            metrics[f"rollout_train_{name}"] = round(float(value), 3)  # Tunix keeps "<prefix>_train_<name>" keys
-
-
-def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequence[Callable],
-                      show: Callable[[dict[str, float]], None] | None = None) -> Callable[..., dict]:
-    """A Tunix metric function: the course's per-step numbers beyond what Tunix logs itself.
-
-    Reward mean/std in total and per component (the breakdowns the reward functions just paid,
-    `reward_fns[0].last_breakdowns()`), the share of groups whose G rewards all tie (zero
-    advantage: no learning signal), the share of groups whose correctness is mixed
-    (`mixed_group_frac`: the correctness signal), rollout accuracy and format rate, truncation
-    rate, reward weights, batch index. `show`, if
-    given, receives the step's reward (and accuracy) for the progress bar.
-    """
-    from course_utils.evaluation import is_truncated, token_counts
-
-    tok = _tokenizer_adapter(tokenizer)
-
-    def metrics(prompts: list[str], completions: list[str], rewards: Any, advantages: Any,
-                **kwargs: Any) -> dict[str, tuple[float, Callable]]:
-        grouped = np.asarray(rewards, dtype=np.float64).reshape(-1, config.num_generations)
-        out: dict[str, tuple[float, Callable]] = {
-            "course/reward_mean": (float(grouped.mean()), np.mean),
-            "course/reward_std": (float(grouped.std()), np.mean),
-            "course/zero_advantage_frac": (float(np.mean(np.ptp(grouped, axis=1) < 1e-9)), np.mean),
-        }
-        limit = config.max_generation_length
-        lengths = token_counts(tok, completions, limit)
-        out["course/truncation_rate"] = (
-            float(np.mean([is_truncated(c, n, limit) for c, n in zip(completions, lengths)])), np.mean)
-        last = getattr(reward_fns[0], "last_breakdowns", None) if reward_fns else None
-        breakdowns = last() if last is not None else []
-        parts: dict[str, list[float]] = {}
-        for breakdown in breakdowns:
-            for name, value in breakdown.components.items():
-                parts.setdefault(name, []).append(float(value))
-        for name, values in parts.items():
-            out[f"course/reward_{name}_mean"] = (float(np.mean(values)), np.mean)
-            out[f"course/reward_{name}_std"] = (float(np.std(values)), np.mean)
-        if breakdowns:
-            for name, value in breakdowns[0].weights.items():
-                out[f"course/weight_{name}"] = (float(value), np.mean)
-            correct = [b.correct for b in breakdowns]
-            out["course/accuracy"] = (float(np.mean(correct)), np.mean)
-            out["course/format_rate"] = (float(np.mean([b.components["format"] >= 1.0 for b in breakdowns])), np.mean)
-            if len(correct) % config.num_generations == 0:
-                out["course/mixed_group_frac"] = (mixed_group_fraction(correct, config.num_generations), np.mean)
-        if "batch_index" in kwargs:
-            out["course/batch_index"] = (float(np.min(kwargs["batch_index"])), np.min)
-        if show is not None:
-            show({"reward": out["course/reward_mean"][0],
-                  **({"accuracy": out["course/accuracy"][0]} if "course/accuracy" in out else {})})
-        return out
-
-    return metrics
-
-
-def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: Any,
-               examples: Sequence[Any], run_dir: str | Path, mesh: Any, *,
-               deadline: Deadline | None = None, allow_config_change: bool = False,
-               model_config: Any = None, pass_rates_dir: str | Path | None = None,
-               reward_fns: Sequence[Callable[..., list[float]]] | None = None) -> StageResult:
-    """GRPO with Tunix's RLCluster + GRPOLearner (part 06, stage 2).
-
-    `actor` is the LoRA model (after SFT), `reference` the frozen model the KL term anchors to
-    (None when β = 0); `config.grpo_loss_fn` picks the policy loss (course_utils.policy_loss).
-    Rewards are the course's composite reward, annealed per step when the config says so, or
-    `reward_fns` (Tunix reward functions, ``fn(prompts, completions, answer, **kwargs)``) when
-    given. The loss aggregation and advantage estimator are the config's; with
-    `config.learn_to_stop` the stop token of replies that ended is part of their completion.
-    The prompts are `grpo_prompts`: with `config.filter_prompts`, those the actor solves
-    sometimes (pass rates cached in `pass_rates_dir`, default ``<run_dir>/pass_rates``).
-    `config.control` turns the run into a control ("lr0", "shuffle") through the same code.
-    """
-    from tunix.rl import rl_cluster as rl_cluster_lib
-    from tunix.rl.grpo.grpo_learner import GRPOLearner
-    from tunix.rl.rollout import base_rollout
-
-    from course_utils.metrics import MetricsLogger
-    from course_utils.rewards import make_reward_fns
-
-    run_dir = Path(run_dir)
-    directory = checkpoint_dir(run_dir, "grpo")
-    drop_untrained_checkpoints(run_dir, "grpo")
-    _check_fingerprint(directory, config, "grpo", allow_config_change)
-    if deadline is not None and deadline.expired():  # nothing to build: the next session starts GRPO
-        done = latest_stage_checkpoint(run_dir, "grpo")
-        step = done.step if done is not None else 0
-        print("grpo: the time budget ran out before GRPO started; run this part again "
-              "(or the next Kaggle session with this output attached) to continue")
-        return StageResult("grpo", step, step, config.max_steps, 0.0, True, directory, run_dir / "metrics_grpo.jsonl")
-    prompts = grpo_prompts(config, actor, tokenizer, examples, run_dir, model_config=model_config,
-                           pass_rates_dir=pass_rates_dir)
-    logger = MetricsLogger(run_dir, "grpo")
-    peak = grpo_learning_rate(config)
-    lr = learning_rate_schedule(peak, config.max_steps, config.warmup_steps)
-    backend = _StepRowsBackend(logger, _GRPO_SOURCES, lambda step, seconds: {
-        "stage": "grpo", "phase": phase_of_step(step, config), "learning_rate": update_learning_rate(lr, step),
-        "seconds_per_step": seconds})
-    rollout_config = base_rollout.RolloutConfig(
-        max_tokens_to_generate=config.max_generation_length, max_prompt_length=config.max_prompt_length,
-        kv_cache_size=config.cache_size, temperature=config.temperature, top_p=config.top_p,
-        top_k=config.top_k, eos_tokens=list(EOS_TOKENS),
-    )
-    training_config = rl_cluster_lib.RLTrainingConfig(
-        actor_optimizer=grpo_optimizer(config),
-        eval_every_n_steps=10**9, max_steps=config.max_steps,
-        mini_batch_size=config.mini_batch_size, train_micro_batch_size=config.micro_batch_size,
-        # sample and score a whole mini-batch at once; accumulate gradients micro-batch by micro-batch
-        rollout_micro_batch_size=config.mini_batch_size, compute_logps_micro_batch_size=config.mini_batch_size,
-        checkpoint_root_directory=str(directory.parent), checkpointing_options=_checkpoint_options(config),
-        metrics_logging_options=_logging_options(run_dir / "tensorboard" / "grpo", backend),
-        pbar_description="GRPO",
-    )
-    roles = rl_cluster_lib.Role
-    cluster = rl_cluster_lib.RLCluster(
-        actor=actor, reference=reference, tokenizer=tokenizer,
-        cluster_config=rl_cluster_lib.ClusterConfig(
-            role_to_mesh={roles.ACTOR: mesh, roles.REFERENCE: mesh, roles.ROLLOUT: mesh},
-            rollout_engine="vanilla", offload_to_cpu=False,
-            training_config=training_config, rollout_config=rollout_config,
-        ),
-    )
-    if config.learn_to_stop:
-        _learn_to_stop(cluster, config, end_of_turn_id(tokenizer))
-    timings = _time_phases(cluster)
-    if reward_fns is None:  # the annealed weights follow the step being rolled out
-        reward_fns = make_reward_fns(config, step_fn=lambda: reward_step(cluster.actor_trainer.train_steps, config))
-    reward_fns = list(reward_fns)
-    if config.control == "shuffle":
-        reward_fns = shuffle_within_groups(reward_fns, config.num_generations, config.seed)
-    learner = GRPOLearner(
-        rl_cluster=cluster,
-        algo_config=grpo_algo_config(config),
-        reward_fns=reward_fns,
-        metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns,
-                                      show=lambda values: show_on_progress_bar(cluster.actor_trainer, values))],
-    )
+def run_grpo(learner: Any, prompts: Sequence[Any], rollout_config: Any, config: TrainingConfig, metrics: Any,
+             deadline: Deadline | None = None, timings: dict[str, list[float]] | None = None) -> StageResult:
+    """Train GRPO from where its newest checkpoint left off, on the curriculum of `prompts`,
+    until `config.max_steps` or the deadline, every checkpoint with the course's sidecar."""
+    cluster = learner.rl_cluster
     trainer = cluster.actor_trainer
-    _install_sidecar(trainer, "grpo", config, logger, lambda step: phase_of_step(step, config), backend, cluster)
+    install_sidecar(trainer, "grpo", config, metrics, cluster)
     start = int(trainer.train_steps)
     per_batch = config.max_steps / grpo_batch_count(config)
     cluster.global_steps = int(start // per_batch)  # batches done (Tunix 0.1.7's last save omits it)
-    logger.resume(start)
-    order = curriculum(prompts, config)
-    deadline = deadline or Deadline(config.time_budget_minutes)
-    started = time.perf_counter()
-    backend.arrived[start] = started
+    metrics.resume(start)
+    started, deadline = time.perf_counter(), deadline or Deadline(config.time_budget_minutes)
     if start < config.max_steps and not deadline.expired():
-        learner.train(grpo_batches(order, config, rollout_config=rollout_config, deadline=deadline,
-                                   skip=int(start // per_batch)))
+        learner.train(grpo_batches(curriculum(prompts, config), config, rollout_config=rollout_config,
+                                   deadline=deadline, skip=int(start // per_batch)))
     else:
+        if deadline.expired() and start < config.max_steps:
+            print("grpo: the time budget ran out before GRPO started; run this part again "
+                  "(or the next Kaggle session with this output attached) to continue")
         cluster.close()
-    end = int(trainer.train_steps)
-    return StageResult("grpo", start, end, config.max_steps, time.perf_counter() - started,
-                       deadline.expired(), directory, logger.path, timings)
+    return StageResult("grpo", start, int(trainer.train_steps), config.max_steps, time.perf_counter() - started,
+                       deadline.expired(), timings or {})
 
 
-# --- the whole of part 06 from the command line -------------------------------------------------
+# --- the notebook's stages as functions (the proof, benchmarks and tests call these) ---------------
+
+
+def train_sft(config: TrainingConfig, actor: Any, tokenizer: Any, examples: Sequence[Any], run_dir: str | Path,
+              *, deadline: Deadline | None = None, allow_config_change: bool = False) -> StageResult:
+    """Part 06's SFT cells (`SFT_CELLS`) on `actor`: LoRA SFT with Tunix's PeftTrainer."""
+    if config.sft_steps == 0:
+        print("sft: sft_steps=0, skipping the warm-start")
+        return StageResult("sft", 0, 0, 0, 0.0, False)
+    return run_cells(SFT_CELLS, config=config, actor=actor, tokenizer=tokenizer, train=examples,
+                     RUN_DIR=Path(run_dir).resolve(), deadline=deadline or Deadline(config.time_budget_minutes),
+                     ALLOW_CONFIG_CHANGE=allow_config_change)["sft"]
+
+
+def train_grpo(config: TrainingConfig, actor: Any, reference: Any, tokenizer: Any, examples: Sequence[Any],
+               run_dir: str | Path, mesh: Any, *, deadline: Deadline | None = None,
+               allow_config_change: bool = False, model_config: Any = None,
+               pass_rates_dir: str | Path | None = None, reward_fns: Sequence[Callable] | None = None) -> StageResult:
+    """Part 06's GRPO cells (`GRPO_CELLS`) with this `reference` model: RLCluster + GRPOLearner.
+
+    `reward_fns` (Tunix reward functions) replace the reward cell's, and `pass_rates_dir` the
+    filter's pass-rate cache (default ``<run_dir>/pass_rates``).
+    """
+    run_dir = Path(run_dir).resolve()
+    given: dict[str, Any] = {"reference": reference}
+    if reward_fns is not None:
+        given["reward_fns"] = list(reward_fns)
+    if pass_rates_dir is not None:
+        prepare_stage(run_dir, "grpo", config, allow_config_change)
+        given["prompts"] = grpo_prompts(config, actor, tokenizer, examples, run_dir, model_config=model_config,
+                                        pass_rates_dir=pass_rates_dir)
+    return run_cells([c for c in GRPO_CELLS if c not in given], **given, config=config, actor=actor,
+                     tokenizer=tokenizer, model_config=model_config if model_config is not None else actor.config,
+                     train=examples, RUN_DIR=run_dir, mesh=mesh, ALLOW_CONFIG_CHANGE=allow_config_change,
+                     deadline=deadline or Deadline(config.time_budget_minutes))["grpo"]
+
+
+def sft_optimizer(config: TrainingConfig) -> Any:
+    """Part 06's SFT optimiser for `config` (its "sft_optimizer" cell)."""
+    return run_cells(["sft_optimizer"], config=config)["sft_optimizer"]
+
+
+def grpo_optimizer(config: TrainingConfig) -> Any:
+    """Part 06's GRPO optimiser for `config` (its "grpo_optimizer" cell)."""
+    return run_cells(["grpo_optimizer"], config=config)["grpo_optimizer"]
+
+
+def grpo_algo_config(config: TrainingConfig) -> Any:
+    """Part 06's `GRPOConfig` for `config` (its "grpo_config" cell), with the rollout's
+    temperature, as GRPOLearner sets it."""
+    algo = run_cells(["grpo_config"], config=config)["grpo_config"]
+    algo.temperature = config.temperature
+    return algo
+
+
+# --- the whole of part 06's training from the command line -----------------------------------------
 
 
 def run_config(run_dir: str | Path | None, profile: str | None) -> Any:
@@ -971,13 +771,14 @@ def run_config(run_dir: str | Path | None, profile: str | None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m course_utils.training [--profile P] [--run-dir D]`: both stages, resumable."""
+    """`python -m course_utils.training [--profile P] [--run-dir D]`: part 06's SFT and GRPO
+    cells, resumable, in one time budget (no evaluations)."""
     import argparse
 
     import jax
 
     from course_utils.data import load_splits
-    from course_utils.env import check_devices, run_dir as default_run_dir
+    from course_utils.env import run_dir as default_run_dir
     from course_utils.lora import apply_lora
     from course_utils.model import load_model, model_mesh
 
@@ -992,14 +793,10 @@ def main(argv: list[str] | None = None) -> int:
     jax.set_mesh(mesh)
     loaded = load_model(config, mesh)
     actor = apply_lora(loaded.model, config, mesh)
-    train = load_splits(config)["train"]
-    deadline = Deadline(config.time_budget_minutes)  # one budget for the whole session
-    print(train_sft(config, actor, loaded.tokenizer, train, run, deadline=deadline,
-                    allow_config_change=args.allow_config_change).message())
-    reference = make_reference(loaded.model, actor, config, mesh)
-    result = train_grpo(config, actor, reference, loaded.tokenizer, train, run, mesh, deadline=deadline,
-                        allow_config_change=args.allow_config_change, model_config=loaded.model_config)
-    print(result.message())
+    names = dict(config=config, RUN_DIR=run, mesh=mesh, loaded=loaded, actor=actor, tokenizer=loaded.tokenizer,
+                 model_config=loaded.model_config, train=load_splits(config)["train"],
+                 deadline=Deadline(config.time_budget_minutes), ALLOW_CONFIG_CHANGE=args.allow_config_change)
+    run_cells(SFT_CELLS + GRPO_CELLS if config.sft_steps else GRPO_CELLS, **names)
     return 0
 
 

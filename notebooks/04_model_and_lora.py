@@ -161,7 +161,7 @@ print("round trip exact:", tokenizer.decode(ids) == chat)
 # %% [markdown]
 # ## 5. Is it really Gemma?
 #
-# Perplexity is e^(average surprise per token): how many words the model hesitates between.
+# Perplexity is e^(average surprise per token): how many tokens the model hesitates between.
 # A correctly loaded model finds ordinary English predictable; the same weights with one
 # loading mistake (RMSNorm off by one, a transposed matrix, no BOS token) score orders of
 # magnitude worse — the tests of this part check exactly that. The random `smoke` model scores
@@ -202,14 +202,31 @@ print(problem.question, "\n\n--- model ---\n", reply, "\n\n--- gold answer:", pr
 # (`q_einsum`, `kv_einsum`, `attn_vec_einsum`) and the MLP (`gate_proj`, `up_proj`,
 # `down_proj`). The wrapped model shares the frozen arrays with the base model, so the base
 # doubles as GRPO's reference model at no memory cost.
+#
+# qwix's `LoraProvider` says which modules get adapters (a regular expression on their
+# paths), the rank r and α; `apply_lora_to_model` traces the model once on a sample input
+# and wraps each matching layer. The new A and B weights are then placed on the mesh with
+# the model's sharding rules (part 06 builds its actor the same way, with
+# `course_utils.lora.apply_lora`, which also checks that every target was found).
+
+# %%
+import qwix
+from flax import nnx
+from tunix.rl import reshard
+
+from course_utils.lora import LORA_MODULE_PATH
+
+provider = qwix.LoraProvider(module_path=LORA_MODULE_PATH, rank=config.lora_rank, alpha=float(config.lora_alpha))
+lora_model = qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(config.seed), **model.get_model_input())
+lora_model = reshard.reshard_model_to_mesh(lora_model, mesh)
+print("LoRA on modules matching", LORA_MODULE_PATH)
 
 # %%
 import numpy as np
 
 from course_utils.generate import compiled_forward
-from course_utils.lora import apply_lora, format_parameter_table, parameter_counts
+from course_utils.lora import format_parameter_table, parameter_counts
 
-lora_model = apply_lora(model, config, mesh)
 counts = parameter_counts(model, lora_model)
 print(format_parameter_table(counts, f"{config.model}, r={config.lora_rank}, α={config.lora_alpha}"))
 print("LoRA shares the base weights:", counts["shares_base_weights"])

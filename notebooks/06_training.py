@@ -59,32 +59,36 @@ ALLOW_CONFIG_CHANGE = False  # continue a run even if its training settings chan
 # %%
 import jax
 
-from course_utils import env, training
 from course_utils.config import load_run_config
-from course_utils.data import load_splits
-from course_utils.lora import apply_lora
-from course_utils.model import load_model, model_mesh
+from course_utils.env import run_dir
+from course_utils.model import model_mesh
 
 knobs = {"sft_steps": SFT_STEPS, "max_steps": GRPO_STEPS, "time_budget_minutes": TIME_BUDGET_MINUTES}
 config = load_run_config(PROFILE, **{k: v for k, v in knobs.items() if v is not None})
-RUN_DIR = env.run_dir(config.profile)
+RUN_DIR = run_dir(config.profile)
 mesh = model_mesh(config)  # (2, 4) on a TPU v5e-8, (1, 1) on a CPU (part 01)
 jax.set_mesh(mesh)
 
 # %%
+from course_utils.data import load_splits
+from course_utils.lora import apply_lora
+from course_utils.model import load_model
+from course_utils.training import Deadline
+
 loaded = load_model(config, mesh)
-actor = apply_lora(loaded.model, config, mesh)  # the policy we train; shares the base weights
+tokenizer, model_config = loaded.tokenizer, loaded.model_config
+actor = apply_lora(loaded.model, config, mesh)  # the policy we train; shares the base weights (part 04)
 splits = load_splits(config)
-held_out = splits["test"][: EVAL_PROBLEMS or config.eval_examples]
-deadline = training.Deadline(config.time_budget_minutes)  # one budget for the whole notebook
-print(f"{len(splits['train'])} training problems, {len(held_out)} held-out problems; budget {config.time_budget_minutes} min")
+train, held_out = splits["train"], splits["test"][: EVAL_PROBLEMS or config.eval_examples]
+budget = Deadline(config.time_budget_minutes)  # one budget for the whole notebook
+print(f"{len(train)} training problems, {len(held_out)} held-out problems; budget {config.time_budget_minutes} min")
 
 # %% [markdown]
 # ## 1. The baseline
 #
 # Before training, the model is scored on held-out problems it will never train on, with
-# greedy decoding (always the most likely next token), like the Kaggle Tunix competition's
-# judging. Results are cached in the run directory, so a re-run does not pay for them again.
+# greedy decoding (always the most likely next token). Results are cached in the run
+# directory, so a re-run does not pay for them again.
 
 # %%
 from course_utils.evaluation import evaluate_or_reuse, find_checkpoint, markdown_table, paired_bootstrap
@@ -103,18 +107,72 @@ print(markdown_table([base], ["format", "strict"]))
 # %%
 from course_utils.data import format_solution
 
-print(format_solution(splits["train"][0]))
+print(format_solution(train[0]))
 
 # %% [markdown]
-# LoRA SFT with Tunix's `PeftTrainer`: AdamW with warm-up and cosine decay, a learning rate
-# about 10× GRPO's (LoRA wants larger steps than full fine-tuning), gradient clipping at 1.0.
+# **The optimiser.** AdamW after clipping the gradient's global norm at 1.0. The learning
+# rate warms up linearly over the first tenth of the steps, then decays along a cosine
+# (`learning_rate_schedule` shifts optax's schedule by one update, so the first update does
+# not run at rate 0). LoRA wants larger steps than full fine-tuning (≈ 10×, "LoRA Without
+# Regret"); the cell prints how SFT's rate compares with GRPO's in this configuration.
+
+# %% tags=["sft_optimizer"]
+import optax
+
+from course_utils.training import learning_rate_schedule
+
+sft_schedule = learning_rate_schedule(config.sft_learning_rate, config.sft_steps, max(1, config.sft_steps // 10))
+sft_optimizer = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    optax.adamw(sft_schedule, b1=config.adam_b1, b2=config.adam_b2, weight_decay=config.weight_decay),
+)
+print(f"SFT peak learning rate {config.sft_learning_rate:g}: {config.sft_learning_rate / config.learning_rate:.3g}× GRPO's")
+
+# %% [markdown]
+# **The trainer.** Tunix's `PeftTrainer` trains the LoRA parameters only (the model has LoRA
+# layers, so it holds its optimiser over `nnx.LoRAParam`). Its `TrainingConfig` says how many
+# steps, where Orbax saves a checkpoint every `checkpoint_every` steps (the newest
+# `keep_checkpoints` kept: the trainer restores the newest when it is built), and where the
+# metrics go: TensorBoard, and the course's `metrics_sft.jsonl` (`StepMetrics`).
+# `sft_model_inputs` gives the model positions and a causal mask that skip the padding.
+# `prepare_stage` first refuses to continue a run whose SFT settings changed.
+
+# %% tags=["sft_trainer"]
+import orbax.checkpoint as ocp
+from tunix.sft import peft_trainer
+
+from course_utils.metrics import StepMetrics
+from course_utils.training import checkpoint_dir, prepare_stage, sft_model_inputs, update_learning_rate
+
+prepare_stage(RUN_DIR, "sft", config, ALLOW_CONFIG_CHANGE)
+sft_metrics = StepMetrics(RUN_DIR, "sft", lambda step: {"learning_rate": update_learning_rate(sft_schedule, step)})
+sft_config = peft_trainer.TrainingConfig(
+    max_steps=config.sft_steps, eval_every_n_steps=10**9, pbar_description="SFT",
+    checkpoint_root_directory=str(checkpoint_dir(RUN_DIR, "sft")),
+    checkpointing_options=ocp.CheckpointManagerOptions(save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints),
+    metrics_logging_options=sft_metrics.options())
+sft_trainer = peft_trainer.PeftTrainer(actor, sft_optimizer, sft_config).with_gen_model_input_fn(sft_model_inputs(tokenizer))
+
+# %% [markdown]
+# The session's budget also has to cover the two evaluations after SFT: they are timed from
+# the baseline's, and kept out of SFT's share.
 
 # %%
-# The session's budget also has to cover the two evaluations after SFT: timed from the baseline's.
-eval_minutes = training.evaluation_minutes(config, RUN_DIR, len(held_out))
+from course_utils.training import evaluation_minutes
+
+eval_minutes = evaluation_minutes(config, RUN_DIR, len(held_out))
 print(f"keeping {2 * eval_minutes:.1f} min of the budget for the SFT and final evaluations")
-sft = training.train_sft(config, actor, loaded.tokenizer, splits["train"], RUN_DIR,
-                         deadline=deadline.reserve(2 * eval_minutes), allow_config_change=ALLOW_CONFIG_CHANGE)
+deadline = budget.reserve(2 * eval_minutes)
+
+# %% [markdown]
+# `run_sft` feeds the trainer padded batches in a fixed, seeded order, skips the ones a
+# restored checkpoint already trained, stops cleanly at the deadline, and makes every
+# checkpoint carry the course's sidecar (stage, config fingerprint, metrics so far).
+
+# %% tags=["sft"]
+from course_utils.training import run_sft, sft_batches
+
+sft = run_sft(sft_trainer, sft_batches(train, tokenizer, config), config, sft_metrics, deadline)
 print(sft.message())
 
 # %%
@@ -140,27 +198,20 @@ print(markdown_table([base, sft_eval], ["format", "strict"]))
 #
 # Each step takes a batch of questions, samples G answers to each with a new seed, scores
 # them with the composite reward, and moves the policy towards the answers that beat their
-# group (part 02). The choices of this course:
+# group (part 02). The cells below build each piece Tunix needs, with this run's values.
 #
-# - **Reference model.** The KL term anchors the policy to π_ref. With `grpo_reference="sft"`
-#   (default) π_ref is a frozen copy of the SFT policy GRPO starts from, as in DeepSeek-R1;
-#   `"base"` anchors to the untouched base model instead, as the official Tunix notebook does
-#   (it has no SFT stage, so there the two coincide).
-# - **Curriculum.** Easy problems first, then medium, then hard: `curriculum_easy_share` and
-#   `curriculum_medium_share` of the steps (thirds on the full run), the rest hard.
-# - **Annealed weights.** Early on, format and coherence weigh more; later, correctness does
-#   (w_trace 0.45 → 0.25, w_correct 0.40 → 0.60); the last step pays exactly the end weights.
-# - **Loss and advantage.** `loss_agg_mode` and `advantage_estimator` go to Tunix's
-#   `GRPOConfig`. The cpu profile uses "token-mean" (every token weighs alike, so long wrong
-#   replies are not spared) and "drgrpo" (A = r − mean, no std scaling of small differences);
-#   chosen from the literature, not yet measured on it.
-# - **Learning to stop.** Tunix's rollout ends each completion before `<end_of_turn>`, so the
-#   decision to stop never gets credit. With `learn_to_stop` the course puts the token back on
-#   every reply that stopped by itself, and stopping is trained like any other token.
-#
-# The progress bar shows the time left, the actor's loss and KL, and the reward and accuracy
-# of the step's own rollouts (`rollout_train_reward`, `rollout_train_accuracy`).
-#
+# **The reference model.** The KL term anchors the policy to π_ref. With
+# `grpo_reference="sft"` (default) π_ref is a frozen copy of the SFT policy GRPO starts from,
+# as in DeepSeek-R1; `"base"` anchors to the untouched base model, as Tunix's Gemma example
+# does (it has no SFT stage). With β = 0 there is no KL term, and no reference model at all.
+
+# %% tags=["reference"]
+from course_utils.training import make_reference
+
+reference = make_reference(loaded.model, actor, config, mesh)
+print("reference model:", "none (beta = 0)" if reference is None else config.grpo_reference)
+
+# %% [markdown]
 # ### Which prompts carry a signal
 #
 # GRPO's advantage compares the G replies to one prompt. If all G are right, or all wrong,
@@ -169,25 +220,175 @@ print(markdown_table([base, sft_eval], ["format", "strict"]))
 # 1 − pᴳ − (1 − p)ᴳ. With this configuration's G:
 
 # %%
-from course_utils import filtering
+from course_utils.filtering import mixed_group_probability
 
 for p in (0.02, 0.08, 0.2, 0.5, 0.9):
-    print(f"p = {p:.2f}: {filtering.mixed_group_probability(p, config.num_generations):.2f} of groups carry a correctness signal (G = {config.num_generations})")
+    print(f"p = {p:.2f}: {mixed_group_probability(p, config.num_generations):.2f} of groups carry a correctness signal (G = {config.num_generations})")
 
 # %% [markdown]
 # So the prompts worth training on are the ones the policy solves *sometimes*. With
-# `filter_prompts=True`, `train_grpo` first samples `filter_samples_k` replies to each of
+# `filter_prompts=True`, `grpo_prompts` first samples `filter_samples_k` replies to each of
 # `filter_candidates` candidates (of `filter_difficulties`) at the rollout temperature with the
 # SFT policy, and keeps those with `filter_pass_rate_min ≤ p̂ ≤ filter_pass_rate_max` (Tunix
 # 0.1.7 has no dynamic sampling, so this happens once, before training; the samples are cached
-# in the run folder). Every step logs `mixed_group_frac`, the share of its groups whose
-# correctness is mixed: the signal GRPO actually had.
+# in the run folder). Without it, every training problem whose prompt fits is used.
+
+# %% tags=["prompts"]
+from course_utils.training import grpo_prompts, prepare_stage
+
+prepare_stage(RUN_DIR, "grpo", config, ALLOW_CONFIG_CHANGE)  # refuse changed GRPO settings mid-run
+prompts = grpo_prompts(config, actor, tokenizer, train, RUN_DIR, model_config=model_config)
+print(f"{len(prompts)} GRPO prompts (filter_prompts={config.filter_prompts})")
+
+# %% [markdown]
+# **The algorithm: `GRPOConfig`.** G replies per prompt; μ optimiser updates per batch of
+# rollouts (`num_iterations`: at μ = 1 the ratio of new to old probabilities is exactly 1,
+# so ε's clip never acts — part 02); β, the KL penalty's weight; how the per-token losses are
+# aggregated (`loss_agg_mode`) and how advantages are computed (`advantage_estimator`: "grpo"
+# divides by the group's std, "drgrpo" does not). `policy_loss_fn="grpo_completion_head"` is
+# Tunix's GRPO loss with the output layer applied only to the completion
+# (`course_utils.policy_loss`, registered in Tunix's function registry when imported).
+
+# %% tags=["grpo_config"]
+from tunix.rl.grpo.grpo_learner import GRPOConfig
+
+import course_utils.policy_loss  # noqa: F401  registers "grpo_completion_head"
+
+grpo_config = GRPOConfig(
+    num_generations=config.num_generations, num_iterations=config.num_iterations,  # G, μ
+    beta=config.beta, epsilon=config.epsilon, kl_loss_mode=config.kl_loss_mode,  # β, ε
+    loss_agg_mode=config.loss_agg_mode, advantage_estimator=config.advantage_estimator,
+    policy_loss_fn=config.grpo_loss_fn,
+)
+print(grpo_config)
+
+# %% [markdown]
+# **The rollout.** How replies are sampled: at most `max_generation_length` new tokens after
+# a prompt of at most `max_prompt_length`, temperature, top-p and top-k, and the tokens that
+# end a reply (Gemma's `<eos>` and `<end_of_turn>`). The batches below give it a new seed at
+# every step; without one, every step would draw the same completions.
+
+# %% tags=["rollout_config"]
+from tunix.rl.rollout import base_rollout
+
+from course_utils.tokenizer import EOS_TOKENS
+
+rollout_config = base_rollout.RolloutConfig(
+    max_tokens_to_generate=config.max_generation_length, max_prompt_length=config.max_prompt_length,
+    kv_cache_size=config.cache_size, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+    eos_tokens=list(EOS_TOKENS),  # <eos>, <end_of_turn>
+)
+
+# %% [markdown]
+# **The optimiser.** The same recipe as SFT's, with GRPO's own peak rate, warm-up
+# (`warmup_ratio` of the steps) and clipping norm. The control run `control="lr0"` trains
+# at rate 0: rollouts, rewards and updates all run, and the weights cannot move.
+
+# %% tags=["grpo_optimizer"]
+import optax
+
+from course_utils.training import learning_rate_schedule
+
+peak = 0.0 if config.control == "lr0" else config.learning_rate
+grpo_schedule = learning_rate_schedule(peak, config.max_steps, config.warmup_steps)
+grpo_optimizer = optax.chain(
+    optax.clip_by_global_norm(config.max_grad_norm),
+    optax.adamw(grpo_schedule, b1=config.adam_b1, b2=config.adam_b2, weight_decay=config.weight_decay),
+)
+
+# %% [markdown]
+# **`RLTrainingConfig`.** The actor's optimiser and step count; the mini-batch of prompts
+# one update learns from, accumulated over micro-batches to fit memory; rollouts and
+# log-probabilities computed a whole mini-batch at once; checkpoints and metrics as for SFT
+# (Tunix adds `actor/` below the checkpoint root). Each row of `metrics_grpo.jsonl` also
+# records the step's curriculum phase and learning rate.
+
+# %% tags=["rl_training_config"]
+import orbax.checkpoint as ocp
+from tunix.rl import rl_cluster as rl_cluster_lib
+
+from course_utils.metrics import StepMetrics
+from course_utils.training import checkpoint_dir, phase_of_step, update_learning_rate
+
+grpo_metrics = StepMetrics(RUN_DIR, "grpo", lambda step: {
+    "phase": phase_of_step(step, config), "learning_rate": update_learning_rate(grpo_schedule, step)})
+rl_training_config = rl_cluster_lib.RLTrainingConfig(
+    actor_optimizer=grpo_optimizer, max_steps=config.max_steps, eval_every_n_steps=10**9, pbar_description="GRPO",
+    mini_batch_size=config.mini_batch_size, train_micro_batch_size=config.micro_batch_size,
+    rollout_micro_batch_size=config.mini_batch_size, compute_logps_micro_batch_size=config.mini_batch_size,
+    checkpoint_root_directory=str(checkpoint_dir(RUN_DIR, "grpo").parent),
+    checkpointing_options=ocp.CheckpointManagerOptions(save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints),
+    metrics_logging_options=grpo_metrics.options())
+
+# %% [markdown]
+# **`ClusterConfig` and `RLCluster`.** Which mesh each role runs on (actor, reference and
+# rollout share one here), the rollout engine (Tunix's own "vanilla" sampler), and the two
+# configs above; the cluster holds the models and the trainer. With `learn_to_stop`, the
+# course puts `<end_of_turn>` back on every reply that stopped by itself (Tunix's rollout cuts
+# it off, so stopping would never get credit); `time_phases` times each part of a step.
+
+# %% tags=["rl_cluster"]
+from tunix.rl import rl_cluster as rl_cluster_lib
+
+from course_utils.training import end_of_turn_id, keep_stop_token, time_phases
+
+roles = rl_cluster_lib.Role
+cluster_config = rl_cluster_lib.ClusterConfig(
+    role_to_mesh={roles.ACTOR: mesh, roles.REFERENCE: mesh, roles.ROLLOUT: mesh},
+    rollout_engine="vanilla", offload_to_cpu=False, training_config=rl_training_config, rollout_config=rollout_config)
+rl_cluster = rl_cluster_lib.RLCluster(actor=actor, reference=reference, tokenizer=tokenizer, cluster_config=cluster_config)
+if config.learn_to_stop:
+    keep_stop_token(rl_cluster, config, end_of_turn_id(tokenizer))
+timings = time_phases(rl_cluster)
+
+# %% [markdown]
+# **The rewards.** Part 03's composite reward as Tunix reward functions
+# (`fn(prompts, completions, answer, **batch) → one float per completion`, summed over the
+# functions). Early on format and coherence weigh more, later correctness does; the weights
+# follow the step whose rollouts are being scored (`reward_step`), and the last batch pays
+# exactly the end weights. The control `control="shuffle"` permutes the rewards within each
+# group: the update then sees rewards unrelated to its replies.
+
+# %% tags=["reward_fns"]
+from course_utils.rewards import make_reward_fns
+from course_utils.training import reward_step, shuffle_within_groups
+
+reward_fns = make_reward_fns(config, step_fn=lambda: reward_step(rl_cluster.actor_trainer.train_steps, config))
+if config.control == "shuffle":
+    reward_fns = shuffle_within_groups(reward_fns, config.num_generations, config.seed)
+print([fn.__name__ for fn in reward_fns])
+
+# %% [markdown]
+# **`GRPOLearner`.** The algorithm on the cluster: it samples, scores, computes advantages
+# and updates. `grpo_step_metrics` adds the course's per-step numbers (reward components,
+# rollout accuracy, the share of groups with mixed correctness, truncation) to Tunix's
+# metrics, and the step's reward and accuracy to its progress bar.
+
+# %% tags=["learner"]
+from tunix.rl.grpo.grpo_learner import GRPOLearner
+
+from course_utils.training import grpo_step_metrics, show_on_progress_bar
+
+learner = GRPOLearner(
+    rl_cluster=rl_cluster, algo_config=grpo_config, reward_fns=reward_fns,
+    metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns,
+                                  show=lambda values: show_on_progress_bar(rl_cluster.actor_trainer, values))],
+)
+
+# %% [markdown]
+# GRPO may use the budget left less one evaluation (timed from the SFT evaluation).
+# `run_grpo` orders the prompts by the curriculum (easy first, then medium, then hard:
+# `curriculum_easy_share` and `curriculum_medium_share` of the run), skips the batches a
+# restored checkpoint already trained, and stops cleanly at the deadline. The progress bar
+# shows the time left, the loss and KL, and the reward and accuracy of the step's rollouts.
 
 # %%
-reference = training.make_reference(loaded.model, actor, config, mesh)
-eval_minutes = training.evaluation_minutes(config, RUN_DIR, len(held_out))  # timed from the SFT evaluation
-grpo = training.train_grpo(config, actor, reference, loaded.tokenizer, splits["train"], RUN_DIR, mesh,
-                           deadline=deadline.reserve(eval_minutes), allow_config_change=ALLOW_CONFIG_CHANGE)
+deadline = budget.reserve(evaluation_minutes(config, RUN_DIR, len(held_out)))
+
+# %% tags=["grpo"]
+from course_utils.training import run_grpo
+
+grpo = run_grpo(learner, prompts, rollout_config, config, grpo_metrics, deadline, timings)
 print(grpo.message())
 
 # %% [markdown]
@@ -205,35 +406,55 @@ print(grpo.message())
 # | GRPO steps | 14 | part 06 has 30 minutes on 2 cores; the three evaluations and SFT take about 17 |
 # | curriculum | 60 / 25 / 15 % | only easy groups differ in correctness (hard: 0 of 39 solved after SFT); medium and hard steps pushed replies past the token limit |
 #
-# The full `tpu` run does not keep the official Tunix notebook's values (β 0.08, η 3e-6, clip
-# 0.1, G 4: a public reproduction gained format, not accuracy). It takes what the cpu runs and
-# the literature show: β 0 (no reference model), η 3e-5 (LoRA wants ≈ 10× a full fine-tune's
-# rate), clip 1.0, G 8, token-mean loss with Dr. GRPO advantages, prompts filtered by pass rate,
-# a correctness-led reward (0.80), and one prompt per micro batch so the update fits a 16 GiB
-# chip (README, "Rehearsed at full size"). None of it has run on a TPU yet.
+# The full `tpu` run does not keep the values of Tunix's Gemma GRPO example notebook (η 3e-6,
+# β 0.08, max_grad_norm 0.1, G 2: a public reproduction gained format, not accuracy, google/tunix
+# issue 688). It takes what the cpu runs and the literature show: β 0 (no reference model),
+# η 3e-5, clip 1.0, G 8, token-mean loss with Dr. GRPO advantages, prompts filtered by pass
+# rate, a correctness-led reward (0.80), and one prompt per micro batch so the update fits a
+# 16 GiB chip (README, "Rehearsed at full size"). None of it has run on a TPU yet.
 
 # %% [markdown]
 # ## 5. Learning curves
 #
-# Four panels from the per-step metrics (`metrics_grpo.jsonl` / `.csv` in the run directory;
-# Tunix also writes them to TensorBoard under `tensorboard/`): the policy loss and KL, the
-# reward and its components, the trace score (format + coherence), and the reward weights.
-# The vertical lines mark the curriculum's phases.
+# **What not to read.** With μ = 1 (every profile) Tunix uses the current log-probabilities
+# as the "old" ones, so every ratio is exactly 1 and the policy-gradient term's *value* is
+# −(aggregated advantage). Advantages sum to zero within each group, so with the default
+# aggregation (`sequence-mean-token-mean`) that value is exactly 0; with `token-mean` it is
+# −Σᵢ Aᵢ·Lᵢ / Σᵢ Lᵢ, which only says whether the better replies were longer or shorter. Its
+# *gradient* is what moves the policy. So the logged "policy loss" is β·KL (plus that length
+# term): it rises as the policy moves away from π_ref, whether or not it gets better. This
+# run's numbers:
+
+# %%
+from course_utils.metrics import read_metrics
+
+for row in read_metrics(RUN_DIR / "metrics_grpo.jsonl")[-3:]:
+    print(f"step {row['step']}: policy loss {row.get('policy_loss', 0):.3g}, β·KL {config.beta * row.get('kl', 0):.3g}")
+print(f"loss_agg_mode={config.loss_agg_mode}, μ={config.num_iterations}, β={config.beta}")
+
+# %% [markdown]
+# **What carries the signal**, step by step: the share of groups whose correctness is mixed
+# (the only groups correctness can teach from), the rollouts' accuracy, the reward, and the
+# reply length (a reply that never stops grows to the limit). The rows also hold
+# `truncation_rate` and, per component, the reward (`metrics_grpo.csv` in the run folder; Tunix
+# also writes TensorBoard logs under `tensorboard/`).
+
+# %%
+from IPython.display import Image, display
+
+from course_utils.plots import plot_signal_curves
+
+display(Image(str(plot_signal_curves(RUN_DIR / "metrics_grpo.jsonl", RUN_DIR / "signal_curves.png"))))
+print(f"filter_prompts={config.filter_prompts}, G={config.num_generations}")
+
+# %% [markdown]
+# The reward's components and weights over the run; the vertical lines mark the curriculum's
+# phases.
 
 # %%
 from course_utils.plots import plot_training_curves
 
 display(Image(str(plot_training_curves(RUN_DIR / "metrics_grpo.jsonl", RUN_DIR / "grpo_curves.png"))))
-
-# %% [markdown]
-# The signal itself, step by step: the share of groups with mixed correctness, the rollouts'
-# accuracy, the reward and the reply length (a reply that never stops grows to the limit).
-
-# %%
-from course_utils.plots import plot_signal_curves
-
-display(Image(str(plot_signal_curves(RUN_DIR / "metrics_grpo.jsonl", RUN_DIR / "signal_curves.png"))))
-print(f"filter_prompts={config.filter_prompts}, G={config.num_generations}")
 
 # %% [markdown]
 # Where the time of a step goes, on this machine (the first call of each includes compiling):
@@ -250,7 +471,7 @@ for phase, seconds in grpo.timings.items():
 # line is GRPO's gain over SFT alone, paired problem by problem, with its own interval: a gain
 # whose interval excludes zero is one the data supports. On the `cpu` profile it does not: 14
 # steps on 2 cores gave +0.0 points of accuracy [−3.0, +3.0] and cost 5.5 points of format
-# (README, "Results on a CPU", says why). The full run has 500 steps to find its gain.
+# (README, "Results on a CPU", says why).
 
 # %%
 grpo_eval = evaluate_or_reuse("grpo", actor, config, held_out, RUN_DIR, loaded=loaded,
@@ -267,7 +488,7 @@ for metric in ("format", "strict"):
 # |---|---|---|
 # | out of memory | batch × G × length too big | smaller `micro_batch_size` (the cpu profile uses 1: the update in halves, 10.2 → 7.2 GiB), shorter `max_generation_length` |
 # | KL explodes, replies turn to noise | steps too large | lower `learning_rate`, lower `max_grad_norm` |
-# | reward flat, `zero_advantage_frac` near 1 | every answer in a group scores the same | larger G, easier curriculum, partial-credit rewards, lower β |
+# | reward flat, `zero_advantage_frac` near 1 | every answer in a group scores the same | larger G, easier curriculum or `filter_prompts=True` (lowering β adds no signal to a tied group) |
 # | reward rises but answers get worse | reward hacking (see part 05) | higher β, check the rewards on the replies |
 # | format compliance drops | format weight too low against correctness | raise `format_reward_weight`, or keep `grpo_reference="sft"` |
 # | "trained with other settings" error | the configuration changed mid-run | restore the settings, use a new `COURSE_RUN_DIR`, or `ALLOW_CONFIG_CHANGE = True` |
@@ -275,8 +496,11 @@ for metric in ("format", "strict"):
 # ## Recap
 #
 # - SFT teaches the format and a habit of steps; GRPO then optimises the composite reward.
-# - Tunix's `PeftTrainer` and `RLCluster` + `GRPOLearner` do the work; the course adds the
-#   curriculum, annealed weights, per-step seeds, metrics, sidecars and the time budget.
+# - Tunix's `PeftTrainer` and `RLCluster` + `GRPOLearner` do the work, built above from the
+#   config's values; the course adds the curriculum, annealed weights, per-step seeds,
+#   metrics, sidecars and the time budget (`course_utils.training`).
+# - At μ = 1 the logged policy loss is β·KL (plus a length term under `token-mean`): read the
+#   mixed-group share, rollout accuracy, length and truncation instead.
 # - Checkpoints (LoRA weights + optimiser state, the last few kept) make every stage resumable
 #   to the exact step and data position.
 # - Held-out evaluation with confidence intervals says whether a gain is real.
@@ -288,6 +512,7 @@ for metric in ("format", "strict"):
 # 3. Train once with `grpo_reference="base"` (in part 02's overrides). How do KL and format compliance behave compared with `"sft"`?
 # 4. Interrupt the GRPO cell, then run the notebook again. Which step does it continue from, and how can you tell no step ran twice?
 # 5. Run GRPO with `filter_prompts=True` (part 02's overrides). How many candidates were never solved, and how does `mixed_group_frac` compare with the unfiltered run? (`python -m tools.proof` measures the per-prompt effect with a control; see the README.)
+# 6. Set `beta` to 0 (part 02's overrides) and look at `policy_loss` in `metrics_grpo.csv`. Why is it 0 (or nearly) at every step although the policy changes? Under which `loss_agg_mode` is it exactly 0?
 #
 # ## Further reading
 #

@@ -155,9 +155,9 @@ def test_step_metrics_log_the_correctness_signal_and_format():
 def test_controls_run_through_the_same_code():
     from course_utils.rewards import make_reward_fns
 
-    assert training.grpo_learning_rate(dataclasses.replace(SMOKE, control="lr0")) == 0.0
-    assert training.grpo_learning_rate(SMOKE) == SMOKE.learning_rate
-    assert float(training.learning_rate_schedule(0.0, 10, 1)(5)) == 0.0
+    lr0 = training.run_cells(["grpo_optimizer"], config=dataclasses.replace(SMOKE, control="lr0"))
+    assert lr0["peak"] == 0.0 and float(lr0["grpo_schedule"](SMOKE.max_steps // 2)) == 0.0
+    assert training.run_cells(["grpo_optimizer"], config=SMOKE)["peak"] == SMOKE.learning_rate
     fns = make_reward_fns(SMOKE)
     shuffled = training.shuffle_within_groups(fns, 4, seed=0)
     completions = [RIGHT, WRONG, "6", RIGHT + " extra words here", WRONG, RIGHT, "x", "5"]
@@ -176,13 +176,13 @@ def test_controls_run_through_the_same_code():
 
 
 def test_signal_curves_draw_grpo_and_control_in_the_same_panels(tmp_path):
-    from course_utils.metrics import MetricsLogger
+    from course_utils.metrics import StepMetrics
     from course_utils.plots import SIGNAL_PANELS, plot_signal_curves
 
     for name, frac in (("grpo", 0.5), ("control", 0.25)):
-        logger = MetricsLogger(tmp_path / name, "grpo")
+        logger = StepMetrics(tmp_path / name, "grpo")
         for step in range(1, 5):
-            logger.log({"step": step, "mixed_group_frac": frac, "accuracy": 0.1 * step, "reward_mean": 0.2,
+            logger.log(step, {"mixed_group_frac": frac, "accuracy": 0.1 * step, "reward_mean": 0.2,
                         "completion_length_mean": 60 + step})
     out = plot_signal_curves({"GRPO": tmp_path / "grpo" / "metrics_grpo.jsonl",
                               "control (lr0)": tmp_path / "control" / "metrics_grpo.jsonl",

@@ -1,10 +1,9 @@
-"""Tests of course_utils.metrics (kill-safe JSONL/CSV history, resume, progress bar) and
-course_utils.plots (PNG learning curves robust to missing data)."""
+"""Tests of course_utils.metrics (the Tunix logging backend writing kill-safe JSONL/CSV rows,
+resume) and course_utils.plots (PNG learning curves robust to missing data)."""
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from course_utils.metrics import GRPO_FIELDS, MetricsLogger, progress, read_metrics
+from course_utils.metrics import StepMetrics, read_metrics
 from course_utils.plots import _rows, _sft_figure, _training_figure, plot_sft_loss, plot_training_curves
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,140 +49,140 @@ def _csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# --- MetricsLogger ----------------------------------------------------------------------------
+# --- StepMetrics --------------------------------------------------------------------------------
 
 
-def test_log_writes_jsonl_and_csv_each_step(tmp_path):
-    logger = MetricsLogger(tmp_path, "grpo")
-    assert logger.path == tmp_path / "metrics_grpo.jsonl" and logger.csv_path == tmp_path / "metrics_grpo.csv"
-    for step in (1, 2):
-        row = logger.log(_grpo_row(step))
-        # On disk right away, without closing anything.
-        on_disk = read_metrics(logger.path)
-        assert len(on_disk) == step and on_disk[-1] == row
-    assert row["weight_correctness"] == pytest.approx(0.53) and "weight" not in row  # flattened
-    assert list(row)[0] == "step" and isinstance(row["time"], float)
-    csv_rows = _csv_rows(logger.csv_path)
-    assert [int(r["step"]) for r in csv_rows] == [1, 2]
-    assert float(csv_rows[1]["reward_mean"]) == pytest.approx(0.2) and csv_rows[1]["phase"] == "easy"
-    assert logger.last_step == 2 and len(logger) == 2
+def _log_rows(run_dir: Path, steps) -> StepMetrics:
+    metrics = StepMetrics(run_dir, "grpo")
+    for step in steps:
+        metrics.log(step, {k: v for k, v in _grpo_row(step).items() if k != "step"})
+    return metrics
 
 
-def test_values_are_converted_and_columns_may_grow(tmp_path):
+def test_tunix_logs_through_the_backend_into_one_row_per_step(tmp_path):
+    """Plugged into Tunix's own MetricsLogger (what its trainers log through): each update is
+    paired with the rollouts it learned from (rollout metrics come at the 0-based batch index,
+    the loss at the 1-based step), Tunix's duplicates and JAX internals are ignored."""
+    from tunix.sft import metrics_logger
+
+    metrics = StepMetrics(tmp_path, "grpo", lambda step: {"phase": "x"})
+    tunix = metrics_logger.MetricsLogger(metrics.options())
+    try:
+        for batch in range(3):
+            tunix.log("course", "reward_mean", 0.1 * batch, "train", batch)
+            tunix.log("completions", "mean_length", np.float32(10 + batch), "train", batch)
+            tunix.log("actor", "loss", np.asarray([1.0 + batch]), "train", batch + 1)
+            tunix.log("", "loss", 99.0, "train", batch + 1)  # the trainer's duplicate: not a GRPO source
+            tunix.log("actor", "loss", 5.0, "eval", batch + 1)  # not training
+    finally:
+        tunix.close()
+    rows = read_metrics(metrics.path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for batch, row in enumerate(rows):
+        assert row["reward_mean"] == pytest.approx(0.1 * batch) and row["completion_length_mean"] == 10 + batch
+        assert row["policy_loss"] == 1.0 + batch and row["phase"] == "x" and row["stage"] == "grpo"
+        assert "loss" not in row
+    assert [int(r["step"]) for r in _csv_rows(metrics.csv_path)] == [1, 2, 3]
+    assert list((tmp_path / "tensorboard" / "grpo").iterdir())  # Tunix's TensorBoard backend too
+
+
+def test_rows_wait_for_late_events_and_a_checkpoint_flushes_them():
+    """Rows wait for two later steps (late events); a checkpoint of step s flushes them up to s.
+    The kill after a real checkpoint is tests/test_rehearsal.py's."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        metrics = StepMetrics(folder, "grpo")
+        for batch in range(2):
+            metrics.log_scalar("course/train/reward_mean", 0.5, step=batch)
+            metrics.log_scalar("actor/train/loss", 1.0, step=batch + 1)
+        assert metrics.rows == []  # held back: step 2's events may still come
+        metrics.flush(1)
+        assert [r["step"] for r in metrics.rows] == [1]
+        metrics.flush(2)
+        metrics.close()
+        assert [r["step"] for r in read_metrics(metrics.path)] == [1, 2]
+
+
+def test_rows_are_on_disk_at_once_flattened_and_mirrored_to_csv(tmp_path):
     import jax.numpy as jnp
 
-    logger = MetricsLogger(tmp_path, "sft")
-    logger.log({"loss": np.float32(2.5), "lr": jnp.asarray(1e-4)}, step=np.int64(1).item())
-    logger.log({"loss": jnp.asarray([1.5]), "grad_norm": 0.3, "tokens": np.arange(2)}, step=2)
-    rows = read_metrics(logger.path)
-    assert rows[0]["loss"] == 2.5 and rows[0]["lr"] == pytest.approx(1e-4)
-    assert rows[1] == {**rows[1], "loss": 1.5, "grad_norm": 0.3, "tokens": [0, 1]}
-    csv_rows = _csv_rows(logger.csv_path)
-    assert list(csv_rows[0])[:4] == ["step", "loss", "lr", "time"] and "grad_norm" in csv_rows[0]
-    assert csv_rows[0]["grad_norm"] == "" and csv_rows[1]["grad_norm"] == "0.3"
-    assert json.loads(csv_rows[1]["tokens"]) == [0, 1]
-
-
-def test_bad_input_is_a_clear_error(tmp_path):
+    metrics = _log_rows(tmp_path, (1, 2))
+    rows = read_metrics(metrics.path)
+    assert rows == metrics.rows and list(rows[0])[0] == "step" and isinstance(rows[0]["time"], float)
+    assert rows[1]["weight_correctness"] == pytest.approx(0.53) and "weight" not in rows[1]  # flattened
+    metrics.log(3, {"loss": np.float32(2.5), "lr": jnp.asarray(1e-4)})
+    assert read_metrics(metrics.path)[-1]["loss"] == 2.5
+    csv_rows = _csv_rows(metrics.csv_path)
+    assert [int(r["step"]) for r in csv_rows] == [1, 2, 3] and csv_rows[1]["phase"] == "easy"
+    assert csv_rows[0]["loss"] == "" and float(csv_rows[2]["lr"]) == pytest.approx(1e-4)
     with pytest.raises(ValueError, match="stage"):
-        MetricsLogger(tmp_path, "../grpo")
-    logger = MetricsLogger(tmp_path, "grpo")
-    with pytest.raises(ValueError, match="integer step"):
-        logger.log({"reward_mean": 0.5})
-    with pytest.raises(ValueError, match="integer step"):
-        logger.log({"step": 1.5})
-    with pytest.raises(ValueError, match="differs"):
-        logger.log({"step": 1}, step=2)
+        StepMetrics(tmp_path, "../grpo")
     with pytest.raises(FileNotFoundError, match="(?i)part 06"):
         read_metrics(tmp_path / "missing.jsonl")
-    assert read_metrics(logger.path) == []
 
 
 def test_resume_drops_rows_after_the_checkpoint_and_history_continues(tmp_path):
-    logger = MetricsLogger(tmp_path, "grpo")
-    for step in range(1, 8):
-        logger.log(_grpo_row(step))
-    # A new session restores the checkpoint of step 4: rows 5-7 will be recomputed.
-    resumed = MetricsLogger(tmp_path, "grpo")
+    _log_rows(tmp_path, range(1, 8))
+    resumed = StepMetrics(tmp_path, "grpo")  # a new session restores the checkpoint of step 4
     assert resumed.last_step == 7
-    assert resumed.resume(4) == 3
+    resumed.resume(4)
     for step in range(5, 10):
-        resumed.log(_grpo_row(step))
+        resumed.log_scalar("actor/train/loss", 0.5, step=step)
+    resumed.close()
     steps = [r["step"] for r in read_metrics(resumed.path)]
     assert steps == list(range(1, 10))
     assert [int(r["step"]) for r in _csv_rows(resumed.csv_path)] == steps
-    assert resumed.resume(9) == 0
-    assert resumed.resume(0) == 9 and read_metrics(resumed.path) == []
+    resumed.log_scalar("actor/train/loss", 0.5, step=3)  # a step already written is never written twice
+    resumed.close()
+    assert [r["step"] for r in read_metrics(resumed.path)] == steps
+    resumed.resume(0)
+    assert read_metrics(resumed.path) == [] and _csv_rows(resumed.csv_path) == []
 
 
-def test_logging_an_old_step_without_resume_replaces_instead_of_duplicating(tmp_path):
-    logger = MetricsLogger(tmp_path, "grpo")
-    for step in range(1, 6):
-        logger.log(_grpo_row(step))
-    with pytest.warns(UserWarning, match="already logged"):
-        logger.log({**_grpo_row(3), "reward_mean": -1.0})
-    rows = read_metrics(logger.path)
-    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["reward_mean"] == -1.0
-    assert [int(r["step"]) for r in _csv_rows(logger.csv_path)] == [1, 2, 3]
-    with pytest.warns(UserWarning):
-        logger.log({"step": 0, "kl": 0.5})  # even step 0 again
-    assert [r["step"] for r in read_metrics(logger.path)] == [0]
-    assert b"\r" not in logger.csv_path.read_bytes()
-
-
-def test_truncated_last_line_is_ignored_and_repaired(tmp_path):
-    logger = MetricsLogger(tmp_path, "grpo")
-    for step in (1, 2):
-        logger.log(_grpo_row(step))
-    with open(logger.path, "a") as f:  # what a kill in the middle of a write leaves
+def test_a_cut_last_line_is_ignored_and_a_corrupt_one_warned_about(tmp_path):
+    metrics = _log_rows(tmp_path, (1, 2))
+    with open(metrics.path, "a") as f:  # what a kill in the middle of a write leaves
         f.write(json.dumps(_grpo_row(3))[:40])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a cut last line is expected: no warning
-        assert [r["step"] for r in read_metrics(logger.path)] == [1, 2]
-    reopened = MetricsLogger(tmp_path, "grpo")
-    reopened.log(_grpo_row(3))
-    assert [r["step"] for r in read_metrics(logger.path)] == [1, 2, 3]
-    assert logger.path.read_text().count("\n") == 3
+        assert [r["step"] for r in read_metrics(metrics.path)] == [1, 2]
+    reopened = StepMetrics(tmp_path, "grpo")
+    reopened.log(3, {"kl": 0.3})
+    assert [r["step"] for r in read_metrics(metrics.path)] == [1, 2, 3]
+    assert metrics.path.read_text().count("\n") == 3
 
-
-def test_corrupt_middle_line_is_skipped_with_a_warning(tmp_path):
-    path = tmp_path / "metrics_grpo.jsonl"
+    path = tmp_path / "other.jsonl"
     path.write_text('{"step": 1, "kl": 0.1}\nnot json\n[1, 2]\n{"step": 2, "kl": 0.2}\n')
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rows = read_metrics(path)
-    assert sorted(str(w.message).split(": ")[1] for w in caught) == [
-        "line 2 is not valid JSON; skipped.", "line 3 is not a JSON object; skipped."]
-    assert [r["step"] for r in rows] == [1, 2]
-    with pytest.warns(UserWarning):
-        logger = MetricsLogger(tmp_path, "grpo")
-    logger.log({"step": 3, "kl": 0.3})
-    assert path.read_text().splitlines()[1] == json.dumps({"step": 2, "kl": 0.2})  # file rewritten clean
-    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    with pytest.warns(UserWarning, match="line 2 is not valid JSON"):
+        assert [r["step"] for r in read_metrics(path)] == [1, 2]
 
 
 _LOG_FOREVER = """
 import sys
-from course_utils.metrics import MetricsLogger
-logger = MetricsLogger(sys.argv[1], "grpo")
+from course_utils.metrics import StepMetrics
+metrics = StepMetrics(sys.argv[1], "grpo")
+metrics.resume(0)
 step = 0
 while True:
     step += 1
-    logger.log({"step": step, "reward_mean": step / 1000, "padding": "x" * 2000})
+    metrics.log_scalar("actor/train/loss", step / 1000, step=step)
+    metrics.log_scalar("course/train/padding", 0.0, step=step - 1)
+    metrics.flush(step)  # as a checkpoint of this step does
     print(step, flush=True)
 """
 
 
-def test_kill_9_loses_at_most_the_step_in_flight(tmp_path):
+def test_kill_9_loses_no_flushed_step(tmp_path):
     script = tmp_path / "logger.py"
     script.write_text(textwrap.dedent(_LOG_FOREVER))
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
     try:
         confirmed = 0
         for line in proc.stdout:
             confirmed = int(line)
-            if confirmed >= 200:
+            if confirmed >= 100:
                 break
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -191,36 +190,13 @@ def test_kill_9_loses_at_most_the_step_in_flight(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert confirmed >= 200, "the logging subprocess died early"
+    assert confirmed >= 100, "the logging subprocess died early"
     steps = [r["step"] for r in read_metrics(tmp_path / "metrics_grpo.jsonl")]
     assert steps == list(range(1, len(steps) + 1))  # contiguous, no hole, no duplicate
-    assert len(steps) >= confirmed  # every step whose log() returned is on disk
-    logger = MetricsLogger(tmp_path, "grpo")  # the CSV is rebuilt to match
-    assert len(_csv_rows(logger.csv_path)) == len(steps)
-    logger.log({"step": len(steps) + 1})
-    assert read_metrics(logger.path)[-1]["step"] == len(steps) + 1
-
-
-# --- progress -----------------------------------------------------------------------------------
-
-
-def test_progress_shows_metrics_and_eta(tmp_path):
-    out = io.StringIO()
-    with progress(10, "GRPO", initial=4, file=out, mininterval=0) as bar:
-        assert bar.n == 4
-        bar.update(1)
-        bar.update_metrics({"step": 5, "reward_mean": 0.41234, "kl": np.float32(0.002), "phase": "easy"})
-        bar.update_metrics({"reward_mean": 0.5, "kl": 0.1}, keys=["kl"])
-        assert bar.postfix == "kl=0.1"
-    text = out.getvalue()
-    assert "GRPO" in text and "5/10" in text and "reward_mean=0.4123" in text and "phase=easy" in text
-    assert "<" in text  # tqdm's "elapsed<remaining" ETA
-
-
-def test_field_documentation_covers_the_issue_fields():
-    for name in ("step", "phase", "reward_mean", "reward_std", "zero_advantage_frac", "kl", "policy_loss",
-                 "completion_length_mean", "truncation_rate", "learning_rate", "seconds_per_step"):
-        assert name in GRPO_FIELDS
+    assert len(steps) >= confirmed  # every step whose flush returned is on disk
+    metrics = StepMetrics(tmp_path, "grpo")
+    metrics.resume(len(steps))  # the CSV is rebuilt to match
+    assert len(_csv_rows(metrics.csv_path)) == len(steps)
 
 
 # --- plots --------------------------------------------------------------------------------------
@@ -237,9 +213,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_training_curves_png_from_a_metrics_file(tmp_path):
-    logger = MetricsLogger(tmp_path, "grpo")
-    for step in range(1, 13):
-        logger.log(_grpo_row(step))
+    logger = _log_rows(tmp_path, range(1, 13))
     out = plot_training_curves(logger.path, tmp_path / "plots" / "grpo.png")
     assert out == tmp_path / "plots" / "grpo.png" and _png_size(out) == (1200, 800)
     assert not list(out.parent.glob(".*"))  # no temp file left

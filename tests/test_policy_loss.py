@@ -1,5 +1,6 @@
 """GRPO without full-vocabulary work nothing needs (part 06): the completion-head loss equals
-Tunix's own, and there is no reference model when β = 0."""
+Tunix's own, there is no reference model when β = 0, and part 06's lesson on reading the loss
+at μ = 1 holds for Tunix's own loss."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from tunix.rl import algo_core, common, function_registry
+from tunix.rl.grpo.grpo_learner import GRPOConfig
 
 from course_utils import policy_loss
 from course_utils.config import TrainingConfig
@@ -44,7 +46,7 @@ def lora_tiny(tiny_loaded):
 def test_loss_aux_and_lora_gradients_equal_tunix_grpo(lora_tiny, beta):
     model, vocab = lora_tiny
     example = _example(vocab, np.random.default_rng(int(beta * 10)), with_reference=beta > 0)
-    algo = policy_loss.grpo_config(num_generations=2, beta=beta, epsilon=0.2, kl_loss_mode="low_var_kl")
+    algo = GRPOConfig(num_generations=2, beta=beta, epsilon=0.2, kl_loss_mode="low_var_kl")
     algo.temperature = 0.7
     theirs = function_registry.get_policy_loss_fn("grpo")
     ours = function_registry.get_policy_loss_fn(policy_loss.NAME)
@@ -81,10 +83,40 @@ def test_completion_head_returns_the_last_positions_logits(lora_tiny):
     assert not jax.tree.leaves(nnx.state(model, nnx.Intermediate))  # nothing left behind on the model
 
 
-def test_grpo_config_refuses_unknown_losses():
-    with pytest.raises(LookupError):
-        policy_loss.grpo_config("no_such_loss", num_generations=2)
-    assert policy_loss.grpo_config(policy_loss.NAME, num_generations=2).policy_loss_fn == policy_loss.NAME
+def test_part_06s_grpo_config_uses_the_registered_loss_and_the_config_refuses_unknown_ones():
+    from course_utils import training
+
+    config = TrainingConfig.for_profile("smoke", grpo_loss_fn=policy_loss.NAME)
+    algo = training.run_cells(["grpo_config"], config=config)["grpo_config"]
+    assert algo.policy_loss_fn == policy_loss.NAME and algo.num_generations == config.num_generations
+    assert function_registry.get_policy_loss_fn(algo.policy_loss_fn) is policy_loss.completion_head_grpo_loss
+    with pytest.raises(ValueError, match="grpo_loss_fn"):
+        TrainingConfig.for_profile("smoke", grpo_loss_fn="no_such_loss")
+
+
+@pytest.mark.parametrize("mode", ["sequence-mean-token-mean", "token-mean"])
+def test_at_mu_1_the_policy_gradient_term_is_worth_0_or_a_length_term_yet_has_a_gradient(lora_tiny, mode):
+    """Part 06's lesson: at μ = 1 Tunix has no old log-probs and uses the current ones, so every
+    ratio is 1, the clip never acts, and the PG term's value is −(aggregated advantage): 0 under
+    sequence-mean-token-mean (advantages sum to 0 in each group), −Σ AᵢLᵢ / Σ Lᵢ under
+    token-mean. With β = 0 that is the whole logged loss; its gradient is not 0."""
+    model, vocab = lora_tiny
+    example = _example(vocab, np.random.default_rng(5), with_reference=False)
+    advantages = np.array([0.7, -0.7, 1.3, -1.3], np.float32)  # centred within groups of G = 2
+    example = example.replace(advantages=jnp.asarray(advantages), old_per_token_logps=None)
+    algo = GRPOConfig(num_generations=2, num_iterations=1, beta=0.0, epsilon=0.2, loss_agg_mode=mode)
+    algo.temperature = 0.7
+
+    def f(m):
+        return algo_core.grpo_loss_fn(m, example, algo, pad_id=0, eos_id=1)
+
+    (loss, aux), grads = nnx.value_and_grad(f, argnums=nnx.DiffState(0, nnx.LoRAParam), has_aux=True)(model)
+    lengths = np.asarray(example.completion_mask).sum(-1)
+    assert len(set(lengths.tolist())) > 1  # replies of different lengths
+    expected = 0.0 if mode == "sequence-mean-token-mean" else -float((advantages * lengths).sum() / lengths.sum())
+    assert float(loss) == pytest.approx(expected, abs=1e-6) and (expected != 0.0) == (mode == "token-mean")
+    assert float(aux["pg_clipfrac"]) == 0.0
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1e-6
 
 
 def test_no_reference_model_when_beta_is_zero(tiny_loaded):

@@ -76,14 +76,16 @@ def test_batch_count_accounts_for_mini_batches_and_iterations():
 @pytest.mark.parametrize("total, warmup", [(14, 1), (40, 4), (3, 0), (1, 0), (500, 50)])
 def test_every_update_runs_at_the_logged_nonzero_learning_rate(total, warmup):
     """The first update used to run at lr 0 (optax reads the schedule at count 0). Each update
-    k must now run at update_learning_rate(schedule, k) > 0, and that is what optax applies."""
+    k of part 06's GRPO optimiser (its notebook cell) must run at update_learning_rate(schedule, k) > 0."""
     import jax.numpy as jnp
     import optax
 
     peak = 1e-2
-    config = dataclasses.replace(SMOKE, weight_decay=0.0)
-    schedule = training.learning_rate_schedule(peak, total, warmup)
-    optimizer = training.make_optimizer(config, peak=peak, total_steps=total, warmup_steps=warmup, max_grad_norm=1.0)
+    config = dataclasses.replace(SMOKE, weight_decay=0.0, learning_rate=peak, max_steps=total, max_grad_norm=1.0,
+                                 warmup_ratio=warmup / total)
+    assert config.warmup_steps == warmup
+    cell = training.run_cells(["grpo_optimizer"], config=config)
+    optimizer, schedule = cell["grpo_optimizer"], cell["grpo_schedule"]
     params = {"w": jnp.zeros(())}
     state = optimizer.init(params)
     grads = {"w": jnp.asarray(0.5)}  # constant gradient: Adam's step is then exactly lr (up to eps)
@@ -138,7 +140,7 @@ def test_the_rollout_hands_the_learner_completions_with_their_stop_token():
                                  left_padded_prompt_tokens=np.zeros((2, 4), np.int32), logprobs=None)
 
     cluster = Cluster()
-    training._learn_to_stop(cluster, config, 106)
+    training.keep_stop_token(cluster, config, 106)
     out = cluster.generate(["p", "p"])
     assert [t.tolist() for t in out.tokens] == [[7, 106], [7, 8, 9]] and out.text == ["a", "a b c"]
 
@@ -176,49 +178,6 @@ def test_deadline_stops_batches_but_never_the_fast_forward():
     got = list(training.grpo_batches(order, dataclasses.replace(SMOKE, max_steps=6), deadline=expired, skip=2))
     assert [int(b["batch_index"][0]) for b in got] == [0, 1, 2]  # two already trained + one new pass
     assert not training.Deadline(None).expired() and training.Deadline(None).remaining_minutes() == float("inf")
-
-
-class _Logger:
-    def __init__(self):
-        self.rows, self.last_step = [], None
-
-    def log(self, row, step):
-        self.rows.append({"step": step, **row})
-        self.last_step = step
-
-
-def test_metrics_backend_pairs_each_update_with_the_rollouts_it_learned_from():
-    logger = _Logger()
-    backend = training._StepRowsBackend(logger, training._GRPO_SOURCES, lambda step, s: {"phase": "x"})
-    for batch in range(3):  # Tunix: rollout metrics at the batch index, loss at the 1-based step
-        backend.log_scalar("course/train/reward_mean", 0.1 * batch, step=batch)
-        backend.log_scalar("completions/train/mean_length", 10 + batch, step=batch)
-        backend.log_scalar("actor/train/loss", 1.0 + batch, step=batch + 1)
-        backend.log_scalar("/train/loss", 99.0, step=batch + 1)  # Tunix's duplicate: ignored
-        backend.log_scalar("jax/core/compile", 5.0)  # no step: ignored
-    backend.close()
-    assert [r["step"] for r in logger.rows] == [1, 2, 3]
-    for batch, row in enumerate(logger.rows):
-        assert row["reward_mean"] == pytest.approx(0.1 * batch)
-        assert row["completion_length_mean"] == 10 + batch and row["policy_loss"] == 1.0 + batch
-        assert row["phase"] == "x" and "loss" not in row
-
-
-def test_metrics_backend_flush_writes_the_rows_a_checkpoint_covers_at_once():
-    """Rows wait for two later steps (late events); a checkpoint of step s flushes them up to s.
-    The kill after a real checkpoint is tests/test_rehearsal.py's."""
-    logger = _Logger()
-    backend = training._StepRowsBackend(logger, training._GRPO_SOURCES, lambda step, s: {})
-    for batch in range(2):
-        backend.log_scalar("course/train/reward_mean", 0.5, step=batch)
-        backend.log_scalar("actor/train/loss", 1.0, step=batch + 1)
-    assert logger.rows == []  # held back: step 2's events may still come
-    backend.flush(1)
-    assert [r["step"] for r in logger.rows] == [1]
-    backend.flush(2)
-    assert [r["step"] for r in logger.rows] == [1, 2]
-    backend.close()
-    assert [r["step"] for r in logger.rows] == [1, 2]
 
 
 def test_the_progress_bar_shows_the_current_reward_of_each_step():
@@ -368,11 +327,10 @@ def test_resume_refuses_a_change_of_the_training_data(part06_sessions):
     run, config = part06_sessions.second / "runs" / "smoke", part06_sessions.config
     for stage in ("sft", "grpo"):
         assert set(DATA_FIELDS) <= set(config.stage_fields(stage))
-        directory = training.checkpoint_dir(run, stage)
         for field, value in (("val_examples", config.val_examples + 1), ("train_examples", 7)):
             with pytest.raises(ConfigMismatchError, match=field):
-                training._check_fingerprint(directory, dataclasses.replace(config, **{field: value}), stage, False)
-        training._check_fingerprint(directory, dataclasses.replace(config, time_budget_minutes=3.0), stage, False)
+                training.prepare_stage(run, stage, dataclasses.replace(config, **{field: value}))
+        training.prepare_stage(run, stage, dataclasses.replace(config, time_budget_minutes=3.0))
 
 
 def test_reserve_keeps_minutes_of_the_budget_for_what_follows():

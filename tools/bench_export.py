@@ -25,7 +25,7 @@ from course_utils.data import build_prompt
 from course_utils.evaluation import hardware_description
 from course_utils.generate import forward_logits
 from course_utils.lora import apply_lora
-from course_utils.model import load_checkpoint_dir, load_model
+from course_utils.model import load_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = apply_lora(loaded.model, config, seed=config.seed + 1)
     ex.load_tunix_lora(fresh, report.folders["tunix_lora"])
     print("max |Δ logits| reloaded Tunix LoRA checkpoint: ", worst(np.asarray(forward_logits(fresh, tokens))))
+    from course_utils.model import load_checkpoint_dir
 
     reloaded = load_checkpoint_dir(report.folders["hf"], loaded.model_config, dtype=loaded.model_config.param_dtype).model
     print("max |Δ logits| hf/ folder reloaded in Tunix:   ", worst(np.asarray(forward_logits(reloaded, tokens))))

@@ -148,9 +148,8 @@ class ProgressClient(NotebookClient):
 
     def create_kernel_manager(self) -> KernelManager:
         km = super().create_kernel_manager()
-        if os.name != "nt":  # zmq has no IPC transport on Windows: TCP (and the warning) there
-            self._ipc_dir = tempfile.TemporaryDirectory(prefix="course-kernel-")
-            km.transport, km.ip = "ipc", os.path.join(self._ipc_dir.name, "kernel")
+        self._ipc_dir = tempfile.TemporaryDirectory(prefix="course-kernel-")
+        km.transport, km.ip = "ipc", os.path.join(self._ipc_dir.name, "kernel")
         return km
 
 
