@@ -28,6 +28,7 @@ size and its destination. A token is never printed or written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,7 +36,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -430,30 +431,24 @@ def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
     }
 
 
-class _StagedDir:
+@contextlib.contextmanager
+def _staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Write a folder under a hidden temporary name and rename it into place at the end, so an
     interrupted export never leaves a half-written folder where a finished one was."""
-
-    def __init__(self, target: str | os.PathLike) -> None:
-        self.target = Path(target)
-        self.tmp = self.target.with_name(f".{self.target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, kind: Any, *_: Any) -> None:
-        if kind is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{uuid.uuid4().hex[:6]}")
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:6]}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_hf(params_or_model: Any, tokenizer: Any, model_config: Any, out_dir: str | os.PathLike, *,
@@ -468,7 +463,7 @@ def save_hf(params_or_model: Any, tokenizer: Any, model_config: Any, out_dir: st
     check_full_vocabulary(tokenizer, model_config)
     params = params_or_model if isinstance(params_or_model, Mapping) else merge_lora(params_or_model, alpha, config=config)
     tensors = hf_state_dict(params, model_config, dtype)
-    with _StagedDir(out_dir) as tmp:
+    with _staged_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(model_config, dtype), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
@@ -503,7 +498,7 @@ def save_tunix_lora(model: Any, out_dir: str | os.PathLike, *, step: int = 0, co
         "layers": sorted(".".join(map(str, p)) for p in lora_pairs(model)),
         "restore": "StandardCheckpointer().restore(f'{path}/{step}/model_params', target=abstract nnx.state(lora_model, nnx.LoRAParam))",
     }
-    with _StagedDir(out_dir) as tmp:
+    with _staged_dir(out_dir) as tmp:
         manager = CheckpointManager(str(tmp))
         try:
             manager.save(int(step), model, save_only_lora_params=True, force=True)
@@ -694,7 +689,7 @@ def upload_to_kaggle(folder: str | os.PathLike, handle: str, *, version_notes: s
     Credentials: KAGGLE_USERNAME + KAGGLE_KEY, or KAGGLE_API_TOKEN, from the environment or
     Kaggle Secrets. Without them (or with ``dry_run=True``) nothing is sent: the result lists the
     files that would go. Use framework "transformers" for ``export/hf`` and "flax" for the Tunix
-    checkpoints in ``export/tunix`` (``lora/`` and ``merged/``).
+    LoRA checkpoint in ``export/tunix``.
     """
     files = upload_plan(folder)
     parts = handle.split("/")

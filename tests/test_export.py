@@ -160,7 +160,7 @@ def test_staged_write_keeps_the_old_folder_when_writing_fails(tmp_path):
     target.mkdir()
     (target / "model.safetensors").write_text("old")
     with pytest.raises(RuntimeError):
-        with ex._StagedDir(target) as tmp:
+        with ex._staged_dir(target) as tmp:
             (tmp / "model.safetensors").write_text("half")
             raise RuntimeError("killed")
     assert (target / "model.safetensors").read_text() == "old"
