@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from course_utils.tokenizer import BOS_ID, EOS_TOKENS, PAD_ID
+from course_utils.tokenizer import BOS_ID, END_OF_TURN, EOS_TOKENS, PAD_ID, START_OF_TURN
 
 EXPORT_DIR = "export"
 # Export forms (the names `export_all` takes) and the folder each is written to under export/.
@@ -420,14 +420,14 @@ def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
     ``special_tokens_map.json`` for transformers' GemmaTokenizer."""
     special = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
     config = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
-              **special, "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"],
+              **special, "additional_special_tokens": [START_OF_TURN, END_OF_TURN],
               "chat_template": CHAT_TEMPLATE, "model_max_length": 32768, "padding_side": "left",
               "clean_up_tokenization_spaces": False, "spaces_between_special_tokens": False}
     return {
         "tokenizer.model": sentencepiece_bytes(tokenizer),
         "tokenizer_config.json": (json.dumps(config, indent=2) + "\n").encode(),
         "special_tokens_map.json": (json.dumps({**special, "additional_special_tokens":
-                                                ["<start_of_turn>", "<end_of_turn>"]}, indent=2) + "\n").encode(),
+                                                [START_OF_TURN, END_OF_TURN]}, indent=2) + "\n").encode(),
     }
 
 

@@ -26,6 +26,7 @@ from course_utils.data import (
     parse_number,
     reasoning_lines,
 )
+from course_utils.tokenizer import END_OF_TURN
 from course_utils.rewards import (
     COMPONENTS,
     MAX_ANSWER_NUMBERS,
@@ -220,7 +221,7 @@ def question_from_prompt(prompt: str) -> str:
     marker = SYSTEM_PROMPT + "\n\n"
     if marker in prompt:
         prompt = prompt.split(marker, 1)[1]
-    return prompt.split("<end_of_turn>", 1)[0].strip()
+    return prompt.split(END_OF_TURN, 1)[0].strip()
 
 
 class RewardAnalyzer:

@@ -61,12 +61,12 @@ from course_utils.env import choose_mesh_shape, valid_mesh_shapes
 from course_utils.lora import apply_lora, frozen_filter
 from course_utils.memory import TARGETS, memory_table
 from course_utils.model import model_mesh, random_model, tunix_model_config
+from course_utils.tokenizer import EOS_ID, PAD_ID
 
 GIB = 1024**3
 DEVICES = 8
 DEVICE_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
 MARGIN = 0.2  # the measured peak must leave this share of the chip free (runtime, rollouts, fragmentation)
-PAD_ID, EOS_ID = 0, 1  # Gemma 3's <pad>, <eos> (course_utils.tokenizer checks them)
 
 
 # --- the pieces: model + LoRA + optimiser, the two updates, their inputs --------------------------------
