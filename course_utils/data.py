@@ -84,7 +84,10 @@ class SourceUnavailable(RuntimeError):
 # Answers and difficulty
 # --------------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|[+-]?\.\d+")
+# A written number: digits with optional thousands groups and decimals. The one pattern every
+# number reader of the course builds on (answers here, reply answers and traces in rewards).
+NUMBER_PATTERN = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
+_NUMBER = re.compile(rf"[+-]?{NUMBER_PATTERN}|[+-]?\.\d+")
 _FRACTION = re.compile(r"([+-]?\d+)\s*/\s*(\d+)")
 _MIXED = re.compile(r"([+-]?\d+)\s+(\d+)\s*/\s*(\d+)")
 _LATEX_FRAC = re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")

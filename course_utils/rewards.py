@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from course_utils.tokenizer import END_MARKERS
 from course_utils.data import (
     DIFFICULTIES,
+    NUMBER_PATTERN,
     canonical_number,
     format_number,
     difficulty_of,
@@ -61,8 +62,8 @@ CORRECT_BASE = 0.7  # correctness: a right answer earns 0.7, plus 0.3 × reasoni
 # Reading a reply (linear-time regexes only; nothing here can backtrack catastrophically)
 # --------------------------------------------------------------------------------------------
 
-_ANSWER_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:\s?/\s?\d+)?")
-_TRACE_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+_TRACE_NUMBER = re.compile(rf"(?<![\w.])-?{NUMBER_PATTERN}")
+_ANSWER_NUMBER = re.compile(_TRACE_NUMBER.pattern + r"(?:\s?/\s?\d+)?")  # 3/4 too
 _BIG_EXPONENT = re.compile(r"\^\s*\{?\s*\(?\s*-?\d{3}")
 _LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*(\d[\d,.]*)\s*\}\s*\{\s*(\d[\d,.]*)\s*\}")
 _LHS_TOKEN = re.compile(r"(?:\d[\d,]*(?:\.\d+)?|\.\d+)%?|[-+*/×÷−()]|[A-Za-z]+")
