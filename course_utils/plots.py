@@ -245,7 +245,9 @@ SIGNAL_PANELS = (("mixed_group_frac", "Mixed-correctness groups (the signal)", "
 def plot_signal_curves(runs: History | Mapping[str, History], path: str | os.PathLike, *,
                        title: str | None = None) -> Path:
     """Four panels over GRPO steps, saved as a PNG (part 06): the share of groups with mixed
-    correctness, the rollouts' accuracy, the reward and the reply length. `runs` is one history
+    correctness, the rollouts' accuracy, the reward and the reply length with the share of
+    truncated replies (dotted, right axis) — what carries GRPO's signal, unlike the policy loss,
+    which at μ = 1 is ≈ β·KL. `runs` is one history
     or several by label (e.g. {"GRPO": ..., "control (lr0)": ...}), drawn in the same panels."""
     labelled = dict(runs) if isinstance(runs, Mapping) and not _is_row(runs) else {"GRPO": runs}
     histories = {label: _rows(h) if not isinstance(h, (str, os.PathLike)) or Path(h).exists() else []
@@ -264,6 +266,12 @@ def _signal_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: 
         for label, rows in histories.items():
             drawn = _line(ax, rows, key, label) or drawn
         _finish(ax, name, ylabel, drawn)
+    if any(_series(rows, "truncation_rate")[0] for rows in histories.values()):  # beside the length
+        truncated = axes[3].twinx()
+        for label, rows in histories.items():
+            _line(truncated, rows, "truncation_rate", f"{label}: truncated", linestyle=":")
+        truncated.set(ylabel="share truncated", ylim=(-0.02, 1.02))
+        truncated.legend(loc="center right", fontsize=8)
     for ax in axes[2:]:
         ax.set_xlabel("GRPO step")
     return fig
