@@ -17,9 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
+from tunix.sft.checkpoint_manager import CheckpointManager
 
 PARAMS_ITEM = "model_params"  # Tunix's item names
 OPT_STATE_ITEM = "optimizer_state"
+
+
+def checkpoint_dir(run_dir: str | Path, stage: str) -> Path:
+    """Where part 06 keeps a stage's checkpoints: `checkpoints/sft`, `checkpoints/grpo/actor`
+    (Tunix's RLCluster adds the role, `actor`, below the root it is given)."""
+    if stage not in ("sft", "grpo"):
+        raise ValueError(f"stage={stage!r} is unknown; use 'sft' or 'grpo'")
+    root = Path(run_dir) / "checkpoints" / stage
+    return root / "actor" if stage == "grpo" else root
 
 
 class ConfigMismatchError(ValueError):
@@ -84,8 +94,6 @@ def restore_lora(model: Any, directory: str | Path, step: int | None = None) -> 
 
     A checkpoint of another LoRA rank or model fails with a clear error.
     """
-    from tunix.sft.checkpoint_manager import CheckpointManager
-
     manager = CheckpointManager(str(Path(directory).resolve()))
     try:
         restored, _ = manager.maybe_restore(model, step=step, restore_only_lora_params=True)

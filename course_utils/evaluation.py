@@ -842,8 +842,7 @@ def find_checkpoint(run_dir: str | os.PathLike, stage: str, *, search_kaggle_inp
     down, those of a run folder named like this one first), e.g. the output of the training
     notebook added with Add Input.
     """
-    from course_utils.checkpoints import latest_checkpoint
-    from course_utils.training import checkpoint_dir
+    from course_utils.checkpoints import checkpoint_dir, latest_checkpoint
 
     roots = [checkpoint_dir(run_dir, stage)]
     if search_kaggle_inputs and KAGGLE_INPUT.is_dir():

@@ -28,6 +28,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from course_utils.data import build_prompt
+from course_utils.evaluation import paired_bootstrap, score_reply, token_counts
+from course_utils.files import atomic_write
+from course_utils.generate import generate, step_seed
 
 PASS_RATES_DIR = "pass_rates"
 
@@ -114,8 +120,6 @@ def read_cache(path: str | os.PathLike) -> dict[str, PassRate]:
 
 def score_samples(example: Any, replies: Sequence[str], tokenizer: Any, config: Any) -> PassRate:
     """Score k replies to one prompt with evaluation's scorer: correctness, format, truncation."""
-    from course_utils.evaluation import score_reply, token_counts
-
     limit = config.max_generation_length
     counts = token_counts(tokenizer, list(replies), limit)
     rows = [score_reply(r, str(example.answer), config=config, difficulty=getattr(example, "difficulty", None),
@@ -136,9 +140,6 @@ def measure_pass_rates(model: Any, tokenizer: Any, model_config: Any, examples: 
     re-run skips them. `checkpoint` names the weights (a new one means a new cache file).
     Returns one `PassRate` per example, in the order given.
     """
-    from course_utils.data import build_prompt
-    from course_utils.generate import generate, step_seed
-
     k = config.filter_samples_k if k is None else int(k)
     seed = config.seed if seed is None else int(seed)
     if k < 1:
@@ -146,8 +147,6 @@ def measure_pass_rates(model: Any, tokenizer: Any, model_config: Any, examples: 
     path = cache_path(directory, name, config, k, seed, checkpoint)
     done = read_cache(path)
     if path.exists() and not path.read_text().endswith("\n"):  # torn by a kill: keep only whole lines
-        from course_utils.files import atomic_write
-
         atomic_write(path, "".join(json.dumps(r.to_dict()) + "\n" for r in done.values()))
     todo = [e for e in dict((e.question, e) for e in examples).values() if e.question not in done]
     per_batch = max(1, config.eval_batch_size // k)
@@ -155,8 +154,6 @@ def measure_pass_rates(model: Any, tokenizer: Any, model_config: Any, examples: 
     if todo:
         print(f"{name}: sampling {k} replies for {len(todo)} prompts ({len(done)} cached) → {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(todo), desc=f"{name}: pass rates", disable=not progress, leave=False)
     try:
         for chunk in batches:
@@ -224,8 +221,6 @@ def summary(rates: Sequence[PassRate], config: Any) -> dict[str, Any]:
 def pass_rate_gain(before: Sequence[PassRate], after: Sequence[PassRate], *, seed: int = 0,
                    n_resamples: int = 2000) -> dict[str, float]:
     """p̂ after − p̂ before on the same prompts, with evaluation's paired bootstrap over prompts."""
-    from course_utils.evaluation import paired_bootstrap
-
     after_by = {r.question: r for r in after}
     pairs = [(b.pass_rate, after_by[b.question].pass_rate) for b in before if b.question in after_by]
     if len(pairs) < len(before):

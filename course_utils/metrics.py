@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tunix.sft import metrics_logger
 
 from course_utils.files import atomic_write
 
@@ -70,8 +71,6 @@ class StepMetrics:
 
     def options(self) -> Any:
         """Tunix's `MetricsLoggerOptions`: TensorBoard under ``run_dir/tensorboard/<stage>`` and this."""
-        from tunix.sft import metrics_logger
-
         log_dir = str(self.run_dir / "tensorboard" / self.stage)
         tensorboard = lambda: metrics_logger.TensorboardBackend(log_dir=log_dir, flush_every_n_steps=1)  # noqa: E731
         return metrics_logger.MetricsLoggerOptions(log_dir=log_dir, flush_every_n_steps=1,

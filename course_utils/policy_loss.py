@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 from flax import nnx
 from tunix.rl import algo_core, function_registry
 
@@ -42,8 +43,6 @@ class CompletionHead(nnx.Module):
 
 
 def _only_leaf(state: Any) -> Any:
-    import jax
-
     leaves = jax.tree.leaves(state)
     if len(leaves) != 1:
         raise RuntimeError(f"expected the model to sow one hidden-state array, found {len(leaves)}: "

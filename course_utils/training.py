@@ -17,6 +17,7 @@ stage cleanly, with a checkpoint, before Kaggle's session limit.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import random
@@ -28,11 +29,24 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+import optax
+from flax import nnx
+from tunix.generate import tokenizer_adapter
+from tunix.sft import peft_trainer
+from tunix.sft import utils as sft_utils
 
-from course_utils.checkpoints import ConfigMismatchError, latest_checkpoint
-from course_utils.config import TrainingConfig
+from course_utils import filtering
+from course_utils.checkpoints import ConfigMismatchError, checkpoint_dir, latest_checkpoint
+from course_utils.config import ASSUMED_SECONDS, CONFIG_FILE, GSM8K_TEST_SIZE, TrainingConfig, load_run_config
+from course_utils.data import build_prompt, format_solution, load_splits
+from course_utils.env import run_dir as default_run_dir
+from course_utils.evaluation import is_truncated, saved_result, token_counts
 from course_utils.filtering import mixed_group_fraction
+from course_utils.generate import prompt_token_counts
+from course_utils.lora import apply_lora, lora_state
+from course_utils.model import load_model, model_mesh
 from course_utils.tokenizer import END_OF_TURN
 
 PHASES = ("easy", "medium", "hard")
@@ -73,15 +87,6 @@ def run_cells(tags: Sequence[str], **names: Any) -> dict[str, Any]:
 
 
 # --- checkpoints and resume ----------------------------------------------------------------------
-
-
-def checkpoint_dir(run_dir: str | Path, stage: str) -> Path:
-    """Where a stage's Orbax checkpoints live: `checkpoints/sft`, `checkpoints/grpo/actor`
-    (Tunix's RLCluster adds the role, `actor`, below the root it is given)."""
-    if stage not in ("sft", "grpo"):
-        raise ValueError(f"stage={stage!r} is unknown; use 'sft' or 'grpo'")
-    root = Path(run_dir) / "checkpoints" / stage
-    return root / "actor" if stage == "grpo" else root
 
 
 def latest_stage_checkpoint(run_dir: str | Path, stage: str) -> Any:
@@ -185,7 +190,6 @@ def install_sidecar(trainer: Any, stage: str, config: TrainingConfig, metrics: A
 @dataclasses.dataclass
 class StageResult:
     """What a training stage did: its steps, where it stopped, and why."""
-
     stage: str
     start_step: int
     end_step: int
@@ -212,7 +216,6 @@ class StageResult:
 
 class Deadline:
     """The time budget: `expired()` turns true `minutes` after creation (never, for None)."""
-
     def __init__(self, minutes: float | None) -> None:
         self.minutes = minutes
         self._end = None if minutes is None else time.monotonic() + 60.0 * minutes
@@ -246,9 +249,6 @@ def evaluation_minutes(config: TrainingConfig, run_dir: str | Path | None = None
     greedy + sampled seconds); else from the batch count and `config.ASSUMED_SECONDS
     ["eval_batch"]`, an assumption for a TPU v5e-8 until a TPU run measures it.
     """
-    from course_utils.evaluation import saved_result
-    from course_utils.config import ASSUMED_SECONDS, GSM8K_TEST_SIZE
-
     n = examples or config.eval_examples or GSM8K_TEST_SIZE
     for name in ("sft", "baseline"):
         saved = saved_result(run_dir, name) if run_dir is not None else None
@@ -333,8 +333,6 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int) -> 
     runs at `peak × k / warmup_steps` during warm-up (never at 0), the last one at a small
     positive rate. `update_learning_rate(schedule, k)` reads the rate of update k.
     """
-    import optax
-
     warmup = max(0, min(warmup_steps, total_steps - 1))
     shifted = optax.schedules.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
@@ -354,7 +352,6 @@ def update_learning_rate(schedule: Callable[[Any], Any], k: int) -> float:
 
 
 def _tokenizer_adapter(tokenizer: Any) -> Any:
-    from tunix.generate import tokenizer_adapter
 
     if isinstance(tokenizer, tokenizer_adapter.TokenizerAdapter):
         return tokenizer
@@ -367,8 +364,6 @@ def sft_example_tokens(example: Any, tokenizer: Any, max_length: int) -> tuple[n
     Only the answer tokens carry loss (the prompt is masked out); the answer ends with
     `<end_of_turn>` so the model learns to stop. Truncated from the right to `max_length`.
     """
-    from course_utils.data import build_prompt, format_solution
-
     tok = _tokenizer_adapter(tokenizer)
     prompt = [tok.bos_id()] + list(tok.encode(build_prompt(example.question)))
     answer = list(tok.encode(format_solution(example) + END_OF_TURN))
@@ -379,8 +374,6 @@ def sft_example_tokens(example: Any, tokenizer: Any, max_length: int) -> tuple[n
 
 def sft_batches(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig) -> Iterator[Any]:
     """Padded SFT batches in a fixed, seeded order (cycling), `config.sft_steps` of them."""
-    from tunix.sft import peft_trainer
-
     if not examples:
         raise ValueError("SFT needs training examples; load_splits(config)['train'] is empty")
     pad = _tokenizer_adapter(tokenizer).pad_id()
@@ -405,8 +398,6 @@ def sft_batches(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig)
 def sft_model_inputs(tokenizer: Any) -> Callable[[Any], dict[str, Any]]:
     """PeftTrainer's `gen_model_input_fn` for SFT: positions and a causal mask that skip padding
     (`tokenizer`, or its pad id; the loss mask `input_mask` stays the answer-only mask)."""
-    from tunix.sft import utils as sft_utils
-
     pad = tokenizer if isinstance(tokenizer, int) else _tokenizer_adapter(tokenizer).pad_id()
 
     def model_inputs(batch: Any) -> dict[str, Any]:
@@ -452,9 +443,6 @@ def make_reference(base: Any, actor: Any, config: TrainingConfig, mesh: Any = No
         return None
     if config.grpo_reference == "base" or config.sft_steps == 0:
         return base
-    from flax import nnx
-
-    from course_utils.lora import apply_lora, lora_state
 
     reference = apply_lora(base, config, mesh)
     nnx.update(reference, lora_state(actor))
@@ -464,9 +452,6 @@ def make_reference(base: Any, actor: Any, config: TrainingConfig, mesh: Any = No
 def prompts_that_fit(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig) -> list[Any]:
     """The examples whose prompt fits `max_prompt_length` tokens (a longer one would make
     Tunix's sampler round the prompt up past the KV cache); says how many it dropped."""
-    from course_utils.data import build_prompt
-    from course_utils.generate import prompt_token_counts
-
     counts = prompt_token_counts(_tokenizer_adapter(tokenizer), [build_prompt(e.question) for e in examples])
     kept = [e for e, n in zip(examples, counts) if n <= config.max_prompt_length]
     if not kept:
@@ -484,8 +469,6 @@ def grpo_prompts(config: TrainingConfig, actor: Any, tokenizer: Any, examples: S
     """The prompts GRPO trains on (part 06): every example whose prompt fits, or, with
     `config.filter_prompts`, the candidates the actor (the SFT policy) solves sometimes
     (`filtering`; pass rates cached in `pass_rates_dir`, default ``<run_dir>/pass_rates``)."""
-    from course_utils import filtering
-
     fitting = prompts_that_fit(examples, tokenizer, config)
     if not config.filter_prompts:
         return fitting
@@ -571,7 +554,6 @@ def shuffle_within_groups(reward_fns: Sequence[Callable], group_size: int, seed:
     """The control `control="shuffle"`: each reward function's outputs permuted within every
     group of G, by one permutation shared by all functions of a step (a reply is paid another
     reply's total). The logged accuracy and mixed-group share stay the true ones."""
-
     def permutation(completions: Any) -> np.ndarray:
         text = "\x00".join(str(c) for c in completions)
         rng = np.random.default_rng([seed, zlib.crc32(text.encode("utf-8", "replace"))])
@@ -608,8 +590,6 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
     (`mixed_group_frac`: the correctness signal), rollout accuracy and format rate, truncation
     rate, reward weights, batch index. `show` receives the step's reward (and accuracy).
     """
-    from course_utils.evaluation import is_truncated, token_counts
-
     tok = _tokenizer_adapter(tokenizer)
 
     def metrics(prompts: list[str], completions: list[str], rewards: Any, advantages: Any,
@@ -649,10 +629,6 @@ def grpo_batches(order: Sequence[Any], config: TrainingConfig, *, rollout_config
     Batch i also sets the rollout's sampling seed to a key derived from (seed, i): without it
     every step would draw the same completions (Tunix uses PRNGKey(0) when seed is None).
     """
-    import jax
-
-    from course_utils.data import build_prompt
-
     size = config.global_batch_size
     for index in range(len(order) // size):
         if index > skip and deadline is not None and deadline.expired():
@@ -757,8 +733,6 @@ def grpo_algo_config(config: TrainingConfig) -> Any:
 def run_config(run_dir: str | Path | None, profile: str | None) -> Any:
     """The configuration `main` trains with: `<run_dir>/config.json` when it exists, else the
     profile's (part 02's saved one, or fresh)."""
-    from course_utils.config import CONFIG_FILE, load_run_config
-
     saved = Path(run_dir) / CONFIG_FILE if run_dir else None
     if saved is None or not saved.exists():
         return load_run_config(profile)
@@ -773,15 +747,6 @@ def run_config(run_dir: str | Path | None, profile: str | None) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """`python -m course_utils.training [--profile P] [--run-dir D]`: part 06's SFT and GRPO
     cells, resumable, in one time budget (no evaluations)."""
-    import argparse
-
-    import jax
-
-    from course_utils.data import load_splits
-    from course_utils.env import run_dir as default_run_dir
-    from course_utils.lora import apply_lora
-    from course_utils.model import load_model, model_mesh
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", default=None, help="smoke | cpu | gpu | tpu (default: COURSE_PROFILE / hardware)")
     parser.add_argument("--run-dir", default=None, help="default: the profile's run directory")

@@ -185,7 +185,8 @@ print(fact, "->", repr(generate(model, tokenizer, model_config, [fact], config, 
 # training, expect no `<reasoning>`/`<answer>` tags: this is what parts 06–07 improve.
 
 # %%
-from course_utils.data import load_gsm8k
+from course_utils.data import build_prompt, load_gsm8k
+from course_utils.generate import generate
 
 source = QUESTION_SOURCE or (config.data_source if config.profile == "smoke" else "auto")
 problem = load_gsm8k("test", source=source, limit=QUESTION_INDEX + 1)[QUESTION_INDEX]

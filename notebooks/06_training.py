@@ -189,6 +189,8 @@ display(Image(str(plot_sft_loss(RUN_DIR / "metrics_sft.jsonl", RUN_DIR / "sft_lo
 # GRPO has to improve.
 
 # %%
+from course_utils.evaluation import evaluate_or_reuse, find_checkpoint, markdown_table
+
 sft_eval = evaluate_or_reuse("sft", actor, config, held_out, RUN_DIR, loaded=loaded,
                              checkpoint=find_checkpoint(RUN_DIR, "sft", search_kaggle_inputs=False))
 print(markdown_table([base, sft_eval], ["format", "strict"]))
@@ -383,6 +385,8 @@ learner = GRPOLearner(
 # shows the time left, the loss and KL, and the reward and accuracy of the step's rollouts.
 
 # %%
+from course_utils.training import evaluation_minutes
+
 deadline = budget.reserve(evaluation_minutes(config, RUN_DIR, len(held_out)))
 
 # %% tags=["grpo"]
@@ -452,6 +456,8 @@ print(f"filter_prompts={config.filter_prompts}, G={config.num_generations}")
 # phases.
 
 # %%
+from IPython.display import Image, display
+
 from course_utils.plots import plot_training_curves
 
 display(Image(str(plot_training_curves(RUN_DIR / "metrics_grpo.jsonl", RUN_DIR / "grpo_curves.png"))))
@@ -474,6 +480,8 @@ for phase, seconds in grpo.timings.items():
 # (README, "Results on a CPU", says why).
 
 # %%
+from course_utils.evaluation import evaluate_or_reuse, find_checkpoint, markdown_table, paired_bootstrap
+
 grpo_eval = evaluate_or_reuse("grpo", actor, config, held_out, RUN_DIR, loaded=loaded,
                               checkpoint=find_checkpoint(RUN_DIR, "grpo", search_kaggle_inputs=False))
 print(markdown_table([base, sft_eval, grpo_eval], ["format", "strict"]))

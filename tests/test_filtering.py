@@ -108,11 +108,9 @@ def test_measure_pass_rates_samples_k_caches_and_resumes(tiny_loaded, tmp_path, 
     assert len(lines) == 5
     # A kill mid-write: two prompts done, the third's line torn. Only the missing three are sampled.
     path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:30])
-    import course_utils.generate as generate
-
     calls = []
-    real = generate.generate
-    monkeypatch.setattr(generate, "generate", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+    real = filtering.generate
+    monkeypatch.setattr(filtering, "generate", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
     again = filtering.measure_pass_rates(*args, name="before", k=2, progress=False)
     assert sum(calls) == 3 * 2 and [r.question for r in again] == [e.question for e in examples]
     assert again[:2] == rates[:2]

@@ -370,3 +370,38 @@ def test_run_config_reads_the_run_folders_own_config(tmp_path, monkeypatch):
     assert run_config(tmp_path / "empty", "smoke").sft_steps == TrainingConfig.for_profile("smoke").sft_steps
     with pytest.raises(SystemExit, match="holds profile 'smoke', not 'cpu'"):
         run_config(tmp_path, "cpu")
+
+
+# --- part 06's cells: the one source of the training objects -------------------------------------
+
+
+def _course_utils_names(tree) -> set[str]:
+    import ast
+
+    return {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("course_utils") for a in node.names}
+
+
+@pytest.mark.parametrize("part", ["04_model_and_lora", "06_training"])
+def test_each_cell_imports_the_course_utils_helpers_it_uses(part):
+    """A learner copies single cells: each must import every course_utils name it uses."""
+    import ast
+
+    import jupytext
+
+    cells = [c.source for c in jupytext.read(training.NOTEBOOK.parent / f"{part}.py").cells if c.cell_type == "code"]
+    helpers = set().union(*(_course_utils_names(ast.parse(c)) for c in cells if not c.startswith("#")))
+    for source in cells:
+        tree = ast.parse(source)
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        assert (used & helpers) <= _course_utils_names(tree), source
+
+
+def test_part_06_builds_every_training_object_in_a_short_tagged_cell():
+    cells = training.notebook_cells()
+    assert set(training.SFT_CELLS + training.GRPO_CELLS) <= set(cells)
+    assert {tag: len(cells[tag].strip().splitlines()) for tag in cells if len(cells[tag].strip().splitlines()) > 15} == {}
+    built = "".join(cells[tag] for tag in training.SFT_CELLS + training.GRPO_CELLS)
+    for constructor in ("optax.adamw", "peft_trainer.TrainingConfig", "peft_trainer.PeftTrainer", "GRPOConfig(",
+                        "RolloutConfig(", "RLTrainingConfig(", "ClusterConfig(", "RLCluster(", "GRPOLearner("):
+        assert constructor in built, constructor
