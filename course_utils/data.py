@@ -726,11 +726,7 @@ def load_gsm8k(split: str, source: str = "auto", limit: int | None = None, verbo
     else:
         examples = list(_cached(chosen, split))
     examples = examples[:limit] if limit is not None else examples
-    if not verbose:
-        pass
-    elif source != "auto":
-        print(f"data: GSM8K {split} from {chosen}: {len(examples):,} examples")
-    else:
+    if verbose:
         print(f"data: GSM8K {split}: {len(examples):,} examples from {chosen}")
     return examples
 

@@ -16,6 +16,10 @@ never raises:
 annealed ones of `annealed_weights`) and subtracts a verbosity penalty for over-long or looping
 replies. `make_reward_fns` wraps it for Tunix's `GRPOLearner`.
 
+`find_numbers`, `answers_match` and `check_arithmetic` are the course's one number reader, answer
+checker and arithmetic checker: evaluation (part 07) reads replies with them, so an answer or a
+calculation is right or wrong to the same rule in training and in evaluation.
+
 The three bugs that travel between public GRPO notebooks are ruled out by construction (and by
 regression tests): no regex runs with MULTILINE anchors, so chatter before or after the tags
 costs format credit; the answer is the *last* number of the *last* ``<answer>`` block, with
