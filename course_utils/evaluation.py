@@ -9,12 +9,12 @@ so it can be tested and reused without a model:
 
 Metrics per reply (each averaged over problems, each with a bootstrap 95 % interval):
 
-* ``strict`` — `course_utils.rewards.is_correct`: the answer inside ``<answer>…</answer>`` equals
-  the gold answer (numerically).
+* ``strict`` — the answer inside ``<answer>…</answer>`` equals the gold answer, as part 03's
+  reward judges it (`rewards.answers_match`: numbers exactly, other answers by math-verify).
 * ``lenient`` — the *last number anywhere* in the reply equals the gold answer (the tags are
   ignored; this is what a reader skimming the reply would take as its answer).
-* ``format`` — the reply is exactly ``<reasoning>…</reasoning><answer>…</answer>`` (see
-  `format_ok`).
+* ``format`` — the reply is exactly ``<reasoning>…</reasoning><answer>…</answer>``: full marks
+  from part 03's `format_reward`.
 * ``partial`` — the tagged answer is a number within 10 % of the gold answer (Tunix's GRPO demo
   calls this partial accuracy).
 * ``reward`` and ``reward_<component>`` — the composite reward of part 03 and its components,
@@ -98,31 +98,8 @@ def within_tolerance(prediction: Any, gold: Any, tolerance: float = PARTIAL_TOLE
 
 
 # ================================================================================================
-# Format
-# ================================================================================================
-
-def format_ok(response: Any) -> bool:
-    """True when the reply is exactly ``<reasoning>R</reasoning><answer>A</answer>`` (part 07):
-    each tag once, in that order, R and A not blank, nothing but whitespace around them (a
-    trailing ``<end_of_turn>`` is allowed) — i.e. part 03's `format_reward` gives full marks."""
-    return rewards.format_reward(response) >= 1.0
-
-
-# ================================================================================================
 # Scoring one reply
 # ================================================================================================
-
-
-def _reward_parts(response: str, gold: str, weights: Mapping[str, float] | None, config: Any,
-                  difficulty: str | None, question: str | None) -> tuple[float, dict[str, float]]:
-    """The composite reward as GRPO pays it: part 03's `score_batch` (the function behind
-    `make_reward_fns`) with the question, the difficulty and, by default, the weights of the
-    last GRPO step (`rewards.final_weights`)."""
-    chosen = dict(weights) if weights else rewards.final_weights(config)
-    breakdown = rewards.score_batch([response], [gold], config, difficulties=[difficulty], weights=chosen,
-                                    questions=[question])[0]
-    parts = {str(k): float(v) for k, v in breakdown.components.items()}
-    return float(breakdown.total), parts
 
 
 def is_truncated(response: Any, n_tokens: int | None, max_new_tokens: int | None) -> bool:
@@ -136,62 +113,49 @@ def is_truncated(response: Any, n_tokens: int | None, max_new_tokens: int | None
     return n_tokens >= max_new_tokens - TRUNCATION_SLACK and not rewards._text(text).endswith("</answer>")
 
 
-def error_category(*, strict: bool, truncated: bool, has_number: bool, tagged_answer: str | None,
-                   formatted: bool, arithmetic_wrong: bool) -> str:
-    """The one error category of a reply (see the module docstring for the definitions)."""
-    if strict:
-        return "correct"
-    if truncated:
-        return "truncated"
-    if tagged_answer is None and not has_number:
-        return "no_answer"
-    if not formatted:
-        return "format_broken"
-    return "wrong_arithmetic" if arithmetic_wrong else "wrong_answer"
-
-
 def score_reply(response: Any, gold: str, *, weights: Mapping[str, float] | None = None, config: Any = None,
                 difficulty: str | None = None, n_tokens: int | None = None,
                 max_new_tokens: int | None = None, question: str | None = None) -> dict[str, Any]:
     """All scores of one reply against the gold answer, as a flat dict (part 07).
 
-    The composite reward is exactly what GRPO pays for this reply (part 03's `score_batch`):
-    with the problem's `question` (which grounds the arithmetic), its `difficulty`, `config`
-    (default `TrainingConfig()`) and `weights` (default: the last GRPO step's,
-    `rewards.final_weights`). Without the question, made-up arithmetic is not recognised.
-    `n_tokens` (the reply's length in tokens) and `max_new_tokens` (the generation limit) decide
-    ``truncated``; without them a reply is never called truncated. Any input is handled: a
-    non-string reply scores as empty, never raises.
+    Read by part 03's reward itself (`rewards.score_batch`, the function behind
+    `make_reward_fns`): strict correctness, the tagged answer, the format (full format marks)
+    and the composite reward are what GRPO pays for this reply, with the problem's `question`
+    (which grounds the arithmetic), its `difficulty`, `config` (default `TrainingConfig()`) and
+    `weights` (default: the last GRPO step's, `rewards.final_weights`). Without the question,
+    made-up arithmetic is not recognised. `n_tokens` (the reply's length in tokens) and
+    `max_new_tokens` (the generation limit) decide ``truncated``; without them a reply is never
+    called truncated. Any input is handled: a non-string reply scores as empty, never raises.
     """
     text = response if isinstance(response, str) else ""
     gold = str(gold)
-    strict = bool(rewards.is_correct(text, gold))
-    tagged = rewards.extract_answer(text)
-    tagged = tagged if isinstance(tagged, str) and tagged.strip() else None
+    chosen = dict(weights) if weights else rewards.final_weights(config)
+    paid = rewards.score_batch([text], [gold], config, difficulties=[difficulty], weights=chosen,
+                               questions=[question])[0]
+    tagged = paid.answer if paid.answer and paid.answer.strip() else None
     last = last_number(text)
-    formatted = format_ok(text)
     calculations = rewards.check_arithmetic(text)
     wrong = [c.text for c in calculations if not c.ok]
-    truncated = is_truncated(text, n_tokens, max_new_tokens)
-    total, parts = _reward_parts(text, gold, weights, config, difficulty, question)
     row: dict[str, Any] = {
-        "strict": strict,
+        "strict": bool(paid.correct),
         "lenient": last is not None and rewards.answers_match(last, gold),
-        "format": formatted,
+        "format": paid.components["format"] >= 1.0,
         "partial": tagged is not None and within_tolerance(tagged, gold),
-        "reward": total,
-        **{f"reward_{k}": v for k, v in parts.items()},
+        "reward": float(paid.total),
+        **{f"reward_{k}": float(v) for k, v in paid.components.items()},
         "length_chars": len(text),
         "answer": tagged,
         "last_number": last,
-        "truncated": bool(truncated),
+        "truncated": is_truncated(text, n_tokens, max_new_tokens),
         "calculations": len(calculations),
         "wrong_calculations": wrong[:5],
     }
     if n_tokens is not None:
         row["length_tokens"] = int(n_tokens)
-    row["error"] = error_category(strict=strict, truncated=row["truncated"], has_number=last is not None,
-                                  tagged_answer=tagged, formatted=formatted, arithmetic_wrong=bool(wrong))
+    # The first category that applies, in the order of the module docstring's table.
+    checks = (("correct", row["strict"]), ("truncated", row["truncated"]), ("no_answer", tagged is None and last is None),
+              ("format_broken", not row["format"]), ("wrong_arithmetic", bool(wrong)))
+    row["error"] = next((name for name, hit in checks if hit), "wrong_answer")
     return row
 
 
