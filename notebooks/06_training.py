@@ -439,9 +439,10 @@ print(f"loss_agg_mode={config.loss_agg_mode}, μ={config.num_iterations}, β={co
 # %% [markdown]
 # **What carries the signal**, step by step: the share of groups whose correctness is mixed
 # (the only groups correctness can teach from), the rollouts' accuracy, the reward, and the
-# reply length (a reply that never stops grows to the limit). The rows also hold
-# `truncation_rate` and, per component, the reward (`metrics_grpo.csv` in the run folder; Tunix
-# also writes TensorBoard logs under `tensorboard/`).
+# reply length with the share of truncated replies (dotted: a reply that never stops grows to
+# the limit). The rows also hold each reward component (`metrics_grpo.csv` in the run folder;
+# Tunix also writes TensorBoard logs under `tensorboard/`). Tunix 0.1.7's GRPO loss logs no
+# entropy, so there is none to plot.
 
 # %%
 from IPython.display import Image, display
