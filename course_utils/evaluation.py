@@ -285,9 +285,9 @@ def sampled_scores(samples: Sequence[Sequence[str]], golds: Sequence[str], k: in
         kk = n if k is None else k
         if not 1 <= kk <= n:
             raise ValueError(f"k={kk} must be between 1 and the number of samples ({n})")
-        correct = [bool(rewards.is_correct(r if isinstance(r, str) else "", str(gold))) for r in replies]
-        answers = [rewards.extract_answer(r) if isinstance(r, str) else None for r in replies[:kk]]
-        vote = majority_answer(answers)
+        answers = [rewards.extract_answer(r if isinstance(r, str) else "") for r in replies]
+        correct = [rewards.answers_match(a, str(gold)) for a in answers]
+        vote = majority_answer(answers[:kk])
         out.append({"pass_at_k": pass_at_k(n, sum(correct), kk),
                     "maj_at_k": vote is not None and rewards.answers_match(vote, gold),
                     "pass_at_1": sum(correct) / n, "k": kk, "n": n, "majority": vote,
