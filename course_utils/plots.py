@@ -306,9 +306,7 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], l
 
 
 def _trace_series(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float], str]:
-    x, y = _series(rows, "trace_score")
-    if x:
-        return x, y, "trace score"
+    """The reasoning-trace score per step: format and coherence, weighted as the step paid them."""
     xs, ys, weighted = [], [], False
     for index, row in enumerate(rows):
         parts = {n: row.get(f"reward_{n}_mean") for n in ("format", "coherence")}
