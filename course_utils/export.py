@@ -417,14 +417,16 @@ def check_full_vocabulary(tokenizer: Any, model_config: Any = None) -> None:
 
 def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
     """``tokenizer.model``, ``tokenizer_config.json`` (adds BOS, Gemma's chat template) and
-    ``special_tokens_map.json`` for transformers' GemmaTokenizer."""
+    ``special_tokens_map.json`` for transformers' GemmaTokenizer. `tokenizer` is a SentencePiece
+    tokenizer or its serialized model (bytes). The one writer of these files: part 04's GGUF
+    conversion uses it too."""
     special = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
     config = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
               **special, "additional_special_tokens": [START_OF_TURN, END_OF_TURN],
               "chat_template": CHAT_TEMPLATE, "model_max_length": 32768, "padding_side": "left",
               "clean_up_tokenization_spaces": False, "spaces_between_special_tokens": False}
     return {
-        "tokenizer.model": sentencepiece_bytes(tokenizer),
+        "tokenizer.model": tokenizer if isinstance(tokenizer, bytes) else sentencepiece_bytes(tokenizer),
         "tokenizer_config.json": (json.dumps(config, indent=2) + "\n").encode(),
         "special_tokens_map.json": (json.dumps({**special, "additional_special_tokens":
                                                 [START_OF_TURN, END_OF_TURN]}, indent=2) + "\n").encode(),

@@ -49,7 +49,7 @@ from tunix.models.gemma3.model import (
 )
 
 from course_utils.env import check_devices, get_secret, make_mesh
-from course_utils.export import GENERATION_CONFIG, hf_config
+from course_utils.export import GENERATION_CONFIG, hf_config, tokenizer_files
 from course_utils.files import atomic_write
 from course_utils.generate import compiled_forward
 from course_utils.tokenizer import (
@@ -380,10 +380,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(hf_config(model_config), indent=2))
     (tmp / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
-    (tmp / "tokenizer.model").write_bytes(tokenizer_bytes)
-    (tmp / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
-         "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}, indent=2))
+    for name, data in tokenizer_files(tokenizer_bytes).items():
+        (tmp / name).write_bytes(data)
     (tmp / "manifest.json").write_text(json.dumps(
         {"source": str(gguf_path), "sha256": _file_identity(gguf_path), "converter_version": CONVERTER_VERSION,
          "model_config": {k: v for k, v in dataclasses.asdict(model_config).items()
