@@ -36,6 +36,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from course_utils.env import is_kaggle
 from course_utils.tokenizer import END_OF_TURN, START_OF_TURN
 
 SPLITS = ("train", "test")
@@ -636,8 +637,6 @@ def _from_huggingface(split: str) -> list[Example]:
 
 
 def _from_kaggle(split: str) -> list[Example]:
-    from course_utils.env import is_kaggle
-
     handle = os.environ.get("COURSE_GSM8K_KAGGLE_DATASET", "").strip() or KAGGLE_DATASET
     if not is_kaggle() and not host_reachable("www.kaggle.com"):
         raise SourceUnavailable("www.kaggle.com cannot be reached (no network?)")

@@ -55,8 +55,9 @@ import numpy as np
 import scipy.stats
 from tqdm.auto import tqdm
 
-from course_utils import rewards
-from course_utils.data import parse_number
+from course_utils import generate as generation, rewards
+from course_utils.data import build_prompt, parse_number
+from course_utils.export import load_tunix_lora
 from course_utils.files import atomic_write
 
 ERROR_CATEGORIES = ("correct", "truncated", "no_answer", "format_broken", "wrong_arithmetic", "wrong_answer")
@@ -413,18 +414,16 @@ def generate_replies(model: Any, tokenizer: Any, model_config: Any, prompts: Seq
     (measured on the cpu profile's 200 held-out problems after SFT: 19,472 instead of 29,264
     decoded tokens).
     """
-    from course_utils.generate import generate, prompt_token_counts, step_seed
-
     size = batch_size or config.eval_batch_size
-    counts = prompt_token_counts(tokenizer, list(prompts))
+    counts = generation.prompt_token_counts(tokenizer, list(prompts))
     order = sorted(range(len(prompts)), key=lambda i: counts[i])
     out: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     try:
         for b, start in enumerate(range(0, len(order), size)):
             ids = order[start:start + size]
-            replies = generate(model, tokenizer, model_config, [prompts[i] for i in ids], config, greedy=greedy,
-                               seed=step_seed(seed, b), max_new_tokens=max_new_tokens, batch_size=size)
+            replies = generation.generate(model, tokenizer, model_config, [prompts[i] for i in ids], config, greedy=greedy,
+                                          seed=generation.step_seed(seed, b), max_new_tokens=max_new_tokens, batch_size=size)
             for i, reply in zip(ids, replies):
                 out[i] = reply
             bar.update(len(ids))
@@ -459,8 +458,6 @@ def evaluate_model(loaded_or_model: Any, tokenizer: Any = None, model_config: An
     The composite reward is what GRPO paid (with the question), with `weights`, by default
     the last GRPO step's (`rewards.final_weights`).
     """
-    from course_utils.data import build_prompt
-
     if config is None:
         raise ValueError("evaluate_model needs the run's TrainingConfig (config=...).")
     if not examples:
@@ -845,7 +842,6 @@ def load_trained_model(config: Any, checkpoint: TrainedCheckpoint | str | os.Pat
     `base`, an already loaded base model (`load_model`'s result), is reused without copying its
     weights (LoRA wraps them); otherwise the base model is loaded afresh.
     """
-    from course_utils.export import load_tunix_lora
     from course_utils.lora import apply_lora
     from course_utils.model import load_model
 

@@ -40,7 +40,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from course_utils.env import get_secret
 from course_utils.tokenizer import BOS_ID, END_OF_TURN, EOS_TOKENS, PAD_ID, START_OF_TURN
+from course_utils.vocab import is_trimmed
 
 EXPORT_DIR = "export"
 # Export forms (the names `export_all` takes) and the folder each is written to under export/.
@@ -403,8 +405,6 @@ def check_full_vocabulary(tokenizer: Any, model_config: Any = None) -> None:
     Its embedding has only the course's rows, so no other tool could use it; LoRA never
     touches the embedding, so the same adapters apply to the full model, which is what to export.
     """
-    from course_utils.vocab import is_trimmed
-
     rows = getattr(model_config, "num_embed", None)
     pieces = getattr(tokenizer, "get_piece_size", None)
     if is_trimmed(tokenizer) or (rows is not None and callable(pieces) and rows != pieces()):
@@ -669,16 +669,10 @@ class UploadResult:
         return head + describe_plan(self.files, self.destination)
 
 
-def _secret(name: str) -> Any:
-    from course_utils.env import get_secret
-
-    return get_secret(name)
-
-
 def kaggle_handle(model_slug: str, variation: str, framework: str = "transformers", owner: str | None = None) -> str:
     """``owner/model/framework/variation``; `owner` defaults to the KAGGLE_USERNAME secret."""
     if owner is None:
-        user = _secret("KAGGLE_USERNAME")
+        user = get_secret("KAGGLE_USERNAME")
         owner = user.reveal() if user is not None else "<your-kaggle-username>"
     return f"{owner}/{model_slug}/{framework}/{variation}"
 
@@ -701,7 +695,7 @@ def upload_to_kaggle(folder: str | os.PathLike, handle: str, *, version_notes: s
         if dry_run is False:
             raise ValueError(reason)
         return UploadResult(f"Kaggle Models {handle}", files, True, reason)
-    token, user, key = (_secret(n) for n in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"))
+    token, user, key = (get_secret(n) for n in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"))
     has_credentials = token is not None or (user is not None and key is not None)
     if dry_run is None:
         dry_run = not has_credentials
@@ -724,7 +718,7 @@ def upload_to_kaggle(folder: str | os.PathLike, handle: str, *, version_notes: s
 def hf_repo_id(name: str, owner: str | None = None) -> str:
     """``owner/name``; `owner` defaults to the HF_USERNAME secret (a placeholder when unset)."""
     if owner is None:
-        user = _secret("HF_USERNAME")
+        user = get_secret("HF_USERNAME")
         owner = user.reveal() if user is not None else "<your-hf-username>"
     return f"{owner}/{name}"
 
@@ -746,7 +740,7 @@ def upload_to_huggingface(folder: str | os.PathLike, repo_id: str, *, private: b
         if dry_run is False:
             raise ValueError(reason)
         return UploadResult(f"Hugging Face Hub model {repo_id}", files, True, reason)
-    token = _secret("HF_TOKEN")
+    token = get_secret("HF_TOKEN")
     if dry_run is None:
         dry_run = token is None
     destination = f"Hugging Face Hub model {repo_id} (https://huggingface.co/{repo_id}, {'private' if private else 'public'})"

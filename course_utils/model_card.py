@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from course_utils.evaluation import EvalResult, load_results, markdown_table
 from course_utils.export import BASE_MODEL_IDS, GEMMA_TERMS_URL
 
 CONFIG_ROWS = (
@@ -28,8 +29,6 @@ CONFIG_ROWS = (
 
 
 def _load_results(results: Any) -> list[Any]:
-    from course_utils.evaluation import EvalResult, load_results
-
     if results is None:
         return []
     if isinstance(results, (str, os.PathLike)):
@@ -50,8 +49,6 @@ def build_model_card(config: Any, results: Any = None, *, repo_id: str | None = 
     ``results.json``); without them the card says the model was not evaluated. `hardware`
     defaults to what the evaluation recorded. `trained_steps`, e.g. ``{"sft": 80, "grpo": 40}``.
     """
-    from course_utils.evaluation import markdown_table
-
     evaluated = _load_results(results)
     base = base_model or BASE_MODEL_IDS.get(getattr(config, "model", ""), None)
     name = repo_id.split("/")[-1] if repo_id else f"gemma3-grpo-reasoning-{config.profile}"

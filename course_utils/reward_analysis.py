@@ -28,6 +28,7 @@ from course_utils.data import (
 )
 from course_utils.tokenizer import END_OF_TURN
 from course_utils.rewards import (
+    _ANSWER_NUMBER,
     COMPONENTS,
     MAX_ANSWER_NUMBERS,
     TAGS,
@@ -187,8 +188,6 @@ class RewardDebugger:
 
 
 def _count_numbers(text: str) -> int:
-    from course_utils.rewards import _ANSWER_NUMBER
-
     return len(_ANSWER_NUMBER.findall(text[:2000]))
 
 
