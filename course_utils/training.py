@@ -1,18 +1,10 @@
 """Training's plumbing: curriculum, batches, time budget, sidecars and resume (part 06).
 
-Part 06 builds the ML itself in its cells — SFT's optimiser and `PeftTrainer`, GRPO's
-`GRPOConfig`, rollout config, optimiser, `RLTrainingConfig`, `RLCluster`, reward functions and
-`GRPOLearner` — and calls the helpers here for what is not the lesson. Those cells are the one
-source of every training object: `python -m course_utils.training` (the tests' and the proof's
-path to part 06) and `train_sft` / `train_grpo` run the same cells of notebooks/06_training.py
-(`run_cells`), picked by their tag, with their inputs given by name.
-
-Tunix saves Orbax checkpoints of the LoRA parameters and the optimiser state every
-`config.checkpoint_every` steps, restores the newest one when a trainer is built, and the
-batches already trained are skipped, so re-running part 06 continues where it stopped. Every
-checkpoint carries the course's sidecar in its custom metadata (`install_sidecar`); per-step
-metrics go to `metrics_<stage>.jsonl` (`metrics.StepMetrics`). A time budget (`Deadline`) ends a
-stage cleanly, with a checkpoint, before Kaggle's session limit.
+Part 06 builds every training object in its cells and calls the helpers here for the rest.
+Those cells are the one source: `python -m course_utils.training` and `train_sft` /
+`train_grpo` (the tests', benchmarks' and proof's path to part 06) run the same cells of
+notebooks/06_training.py (`run_cells`), picked by their tag, with their inputs given by name.
+Re-running a stage continues from its newest checkpoint, skipping the batches already trained.
 """
 
 from __future__ import annotations
@@ -133,11 +125,9 @@ def prepare_stage(run_dir: str | Path, stage: str, config: TrainingConfig, allow
 def _flush_step_rows(trainer: Any, metrics: Any, cluster: Any = None) -> None:
     """Put the rows of every step the trainer has made on disk, before its checkpoint is saved.
 
-    Tunix holds metrics back to overlap their I/O with the next step: the trainer logs update
-    s's loss at update s + 1, and RLCluster logs batch b's rollout metrics when batch b + 1
-    starts; a run killed right after checkpoint s would lose those rows for good. Here they are
-    logged now (Tunix 0.1.7 internals `_prev_buffered_train_metrics`, `_buffered_train_metrics`;
-    where a version lacks them, rows are written as before).
+    Tunix logs update s's loss at update s + 1 and batch b's rollout metrics when batch b + 1
+    starts: a kill right after checkpoint s would lose those rows for good. They are logged now
+    (Tunix 0.1.7 internals; where a version lacks them, rows are written as before).
     """
     held = getattr(trainer, "_prev_buffered_train_metrics", None)
     if held is not None:
@@ -153,13 +143,10 @@ def _flush_step_rows(trainer: Any, metrics: Any, cluster: Any = None) -> None:
 
 
 def install_sidecar(trainer: Any, stage: str, config: TrainingConfig, metrics: Any, cluster: Any = None) -> None:
-    """Make every checkpoint the trainer saves carry the course's sidecar, with the metric rows
-    of the steps it covers already on disk.
-
-    The sidecar rides in Orbax's custom metadata under "course" (Tunix's own `global_step` is
-    kept), so it is written atomically with the arrays. Tunix 0.1.7's final save passes no
-    metadata at all, so that one is redone here with it, and never at step 0: a trainer closed
-    before its first step has nothing of its own to save.
+    """Make every checkpoint the trainer saves carry the course's sidecar (in Orbax's custom
+    metadata under "course", next to Tunix's `global_step`), with the metric rows of the steps
+    it covers already on disk. Tunix 0.1.7's final save passes no metadata: it is redone here
+    with it, and never at step 0 (a trainer closed before its first step saved nothing).
     """
     own = trainer.custom_checkpoint_metadata
 
@@ -243,12 +230,9 @@ EVAL_MARGIN = 1.25  # an evaluation's time varies with how long the replies are
 
 def evaluation_minutes(config: TrainingConfig, run_dir: str | Path | None = None,
                        examples: int | None = None) -> float:
-    """Minutes one evaluation of `examples` held-out problems takes, with a margin (part 06).
-
-    Scaled from this run's saved "sft" (else "baseline") evaluation where there is one (its
-    greedy + sampled seconds); else from the batch count and `config.ASSUMED_SECONDS
-    ["eval_batch"]`, an assumption for a TPU v5e-8 until a TPU run measures it.
-    """
+    """Minutes one evaluation of `examples` held-out problems takes, with a margin (part 06):
+    scaled from this run's saved "sft" (else "baseline") evaluation, else from the batch count
+    and `config.ASSUMED_SECONDS["eval_batch"]` (assumed for a TPU v5e-8, not yet measured)."""
     n = examples or config.eval_examples or GSM8K_TEST_SIZE
     for name in ("sft", "baseline"):
         saved = saved_result(run_dir, name) if run_dir is not None else None
@@ -583,13 +567,9 @@ def show_on_progress_bar(trainer: Any, values: dict[str, float]) -> None:
 
 def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequence[Callable],
                       show: Callable[[dict[str, float]], None] | None = None) -> Callable[..., dict]:
-    """A Tunix metric function: the course's per-step numbers beyond what Tunix logs itself.
-
-    Reward mean/std in total and per component (`reward_fns[0].last_breakdowns()`), the share
-    of groups whose G rewards all tie (no learning signal), of groups whose correctness is mixed
-    (`mixed_group_frac`: the correctness signal), rollout accuracy and format rate, truncation
-    rate, reward weights, batch index. `show` receives the step's reward (and accuracy).
-    """
+    """A Tunix metric function: the course's per-step numbers beyond Tunix's own (reward and
+    components, tied and mixed-correctness groups, accuracy, format, truncation, weights, batch
+    index; `metrics.py` lists them). `show` receives the step's reward (and accuracy)."""
     tok = _tokenizer_adapter(tokenizer)
 
     def metrics(prompts: list[str], completions: list[str], rewards: Any, advantages: Any,
