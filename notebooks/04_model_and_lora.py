@@ -294,6 +294,22 @@ for target, table in target_tables():
 # 5. The 270M base model continues text rather than answering. What in its baseline reply
 #    tells you so, and what will SFT (part 06) have to teach it first?
 #
+# **Questionnaire**
+#
+# 1. What does the model compute at step 0 with LoRA applied, and which of LoRA's two matrices starts at zero to make it so?
+# 2. By what factor is the LoRA update scaled, in terms of `lora_rank` (r) and `lora_alpha` (α)?
+# 3. LoRA never touches the embedding. What does that mean for a model trained with a trimmed vocabulary when it is exported?
+# 4. What does perplexity measure, and on which unit is it averaged: words or tokens?
+#
+# <details><summary>Answers</summary>
+#
+# 1. Exactly what the base model computes: B starts at zero, so the update B·A is zero until the first optimiser step.
+# 2. By α / r (the config's comment on `lora_alpha`); raising r at a fixed α shrinks each direction's scale.
+# 3. The export is the full-vocabulary Gemma with the adapters merged: only the kept rows were ever used, none changed.
+# 4. exp of the mean negative log-likelihood of the next token, averaged over tokens.
+#
+# </details>
+#
 # ## Further reading
 #
 # - Gemma 3 technical report: https://arxiv.org/abs/2503.19786

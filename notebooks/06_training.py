@@ -523,6 +523,25 @@ for metric in ("format", "strict"):
 # 5. Run GRPO with `filter_prompts=True` (part 02's overrides). How many candidates were never solved, and how does `mixed_group_frac` compare with the unfiltered run? (`python -m tools.proof` measures the per-prompt effect with a control; see the README.)
 # 6. Set `beta` to 0 (part 02's overrides) and look at `policy_loss` in `metrics_grpo.csv`. Why is it 0 (or nearly) at every step although the policy changes? Under which `loss_agg_mode` is it exactly 0?
 #
+# **Questionnaire**
+#
+# 1. Why does SFT come before GRPO in this course?
+# 2. A group whose G replies all earn the same reward: what advantage does each get, and what does the update learn from it at β = 0?
+# 3. With μ = 1 (every profile), why is the clip fraction always 0?
+# 4. What does `prepare_stage` refuse, and how do you override it?
+# 5. Why must a Kaggle session that ran out of time before GRPO leave no step-0 GRPO checkpoint?
+#
+# <details><summary>Answers</summary>
+#
+# 1. GRPO learns only from groups with mixed outcomes; a base model that rarely answers in the format gives groups that all score alike, so there is nothing to compare. SFT teaches the format first.
+# 2. Advantage 0 for every reply: no policy gradient. At β = 0 nothing is learnt from it; with β > 0 only the pull toward the reference remains.
+# 3. Tunix takes the current log-probs as the old ones when μ = 1, so the ratio is exactly 1 and never leaves [1 − ε, 1 + ε].
+# 4. Continuing a stage whose training settings changed since its last checkpoint; set `ALLOW_CONFIG_CHANGE = True` in the parameters.
+# 5. It holds the weights of an SFT that had not finished; the next session would restore it and put those
+#    half-trained weights back over the finished SFT.
+#
+# </details>
+#
 # ## Further reading
 #
 # - DeepSeek-R1 (SFT cold start, then RL): https://arxiv.org/abs/2501.12948
