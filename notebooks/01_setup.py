@@ -156,13 +156,14 @@ print(dict(mesh.shape), "over", mesh.devices.size, jax.devices()[0].platform, "d
 # %% [markdown]
 # ## What fits where
 #
-# Each TPU core or chip on Kaggle has 16 GB of memory. Part 04 computes the memory of each
-# piece (weights, LoRA, optimiser, KV cache) from the configuration; this is the summary.
-
-# %%
-for row in env.HARDWARE:
-    memory = f"{row['memory_gb_each']} GB each" if row["memory_gb_each"] else "system RAM"
-    print(f"{row['name']:<24} {row['devices']:<9} {memory:<12} {row['profile']:<5} {row['fits']}")
+# Each TPU chip on Kaggle has 16 GB of memory. Part 04 computes the memory of each piece
+# (weights, LoRA, optimiser, KV cache) from the configuration; this is the summary.
+#
+# | hardware | devices | memory | profile | what fits |
+# |---|---|---|---|---|
+# | Kaggle TPU v5e-8 | 8 chips | 16 GB each | `tpu` | Gemma 3 1B + LoRA, G=8, 256+512 tokens, micro batch 1, mesh (2, 4); rehearsed on simulated devices only |
+# | Kaggle GPU T4 x2 / P100 | 1-2 GPUs | 16 GB each | `gpu` | Gemma 3 1B + LoRA on one device (slower than TPU) |
+# | Laptop / CI CPU | CPU | system RAM | `cpu` | Gemma 3 270M + LoRA, G=4, 144+160 tokens (about 12 GB RAM) |
 
 # %% [markdown]
 # ## Where the outputs go
