@@ -68,7 +68,6 @@ from course_utils.config import (  # noqa: F401
 )
 from course_utils.env import (  # noqa: F401
     Secret,
-    find_previous_run_dir,
     get_secret,
     restore_previous_run,
 )
