@@ -36,7 +36,7 @@ class TrainingConfig:
     vocab_trim: bool = False  # keep only the course's embedding rows (part 04, course_utils.vocab)
     seed: int = 42
     # --- data (part 03)
-    data_source: str = "auto"  # auto | synthetic | local | huggingface | kaggle
+    data_source: str = "auto"  # auto | synthetic | local | huggingface
     train_examples: int | None = None  # None = the whole training split
     val_examples: int = 200
     eval_examples: int | None = None  # None = all 1,319 GSM8K test problems

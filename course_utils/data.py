@@ -1,29 +1,14 @@
 """GSM8K and an offline problem generator; prompts and course-format targets (part 03).
 
-Everything the course trains and evaluates on goes through this module:
-
->>> ex = load_gsm8k("train", source="synthetic", limit=1)[0]                # doctest: +SKIP
->>> ex.question, ex.answer, ex.difficulty                                  # doctest: +SKIP
->>> build_prompt(ex.question)            # the exact text the model sees, training and evaluation
->>> format_solution(ex)                  # the <reasoning>…</reasoning><answer>…</answer> target
-
-Sources (`load_gsm8k(..., source=...)`), all real code paths:
-
-- ``"local"``: a folder holding GSM8K's ``train.jsonl`` / ``test.jsonl`` (fields ``question``,
-  ``answer``) or Kaggle's ``main_train.csv`` / ``main_test.csv``: ``COURSE_GSM8K_DIR``, else
-  ``../shared/data/gsm8k`` beside the repository, else a GSM8K folder attached on Kaggle.
-- ``"huggingface"``: ``datasets.load_dataset("openai/gsm8k", "main")``.
-- ``"kaggle"``: ``kagglehub.dataset_download`` of ``thedevastator/grade-school-math-8k-q-a``
-  (``COURSE_GSM8K_KAGGLE_DATASET`` picks another handle with the same CSV files).
-- ``"synthetic"``: a seeded generator of grade-school word problems with exact answers,
-  written for this course, so everything runs with no network.
-- ``"auto"``: the first of local → huggingface → kaggle → synthetic that works; it prints which
-  it used and why it skipped the others. A host that cannot be reached is skipped within
-  about two seconds, never after a long hang.
+`load_gsm8k(split, source)` reads GSM8K from a local folder (``"local"``: ``COURSE_GSM8K_DIR``,
+else ``../shared/data/gsm8k``, else a GSM8K input on Kaggle), from Hugging Face
+(``"huggingface"``), or generates seeded word problems with exact answers (``"synthetic"``);
+``"auto"`` takes the first that works, in that order, and prints why it skipped the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -34,25 +19,20 @@ import socket
 import threading
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable
 
-from course_utils.env import is_kaggle
 from course_utils.tokenizer import END_OF_TURN, START_OF_TURN
 
 SPLITS = ("train", "test")
 DIFFICULTIES = ("easy", "medium", "hard")
-SOURCES = ("auto", "synthetic", "local", "huggingface", "kaggle")
-AUTO_ORDER = ("local", "huggingface", "kaggle", "synthetic")
+SOURCES = ("auto", "synthetic", "local", "huggingface")
 HF_DATASET = ("openai/gsm8k", "main")
-KAGGLE_DATASET = "thedevastator/grade-school-math-8k-q-a"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_GSM8K = REPO_ROOT.parent / "shared" / "data" / "gsm8k"
-# GSM8K's sizes; the generator makes as many problems so every profile sees the same counts.
-SYNTHETIC_SIZES = {"train": 7473, "test": 1319}
+SHARED_GSM8K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gsm8k"
+SYNTHETIC_SIZES = {"train": 7473, "test": 1319}  # GSM8K's, so every profile sees the same counts
+FULL_SIZE_PROFILES = ("tpu", "gpu")  # "auto" may not fall back to the generator there
 PROBE_TIMEOUT_S = 2.0
 
-# The instruction at the top of every prompt. Gemma 3 has no system role, so it opens the user
-# turn (this is what Gemma's own chat template does with a system message).
+# Gemma 3 has no system role: the instruction opens the user turn, as Gemma's chat template does.
 SYSTEM_PROMPT = (
     "You are given a grade-school math problem. Think it through step by step and write your "
     "reasoning between <reasoning> and </reasoning>. Then give the final answer, one number "
@@ -63,8 +43,8 @@ PROMPT_TEMPLATE = f"{START_OF_TURN}user\n{{system}}\n\n{{question}}{END_OF_TURN}
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One problem (part 03): the question, GSM8K's full worked solution (ending ``#### N``),
-    the final answer normalised (``"1080"``, ``"-5"``, ``"0.5"``), its difficulty and where it came from."""
+    """One problem (part 03): question, GSM8K's worked solution (ending ``#### N``), the final
+    answer normalised (``"1080"``, ``"0.5"``), its difficulty and its source."""
 
     question: str
     solution: str
@@ -73,17 +53,11 @@ class Example:
     source: str
 
 
-# Profiles whose run is sized for GSM8K: "auto" may not quietly fall back to the generator there.
-FULL_SIZE_PROFILES = ("tpu", "gpu")
-
-
 class SourceUnavailable(RuntimeError):
     """A data source cannot be used here; the message says why and how to fix it."""
 
 
-# --------------------------------------------------------------------------------------------
-# Answers and difficulty
-# --------------------------------------------------------------------------------------------
+# --- answers and difficulty -------------------------------------------------------------------
 
 # A written number: digits with optional thousands groups and decimals. The one pattern every
 # number reader of the course builds on (answers here, reply answers and traces in rewards).
@@ -91,27 +65,26 @@ NUMBER_PATTERN = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
 _NUMBER = re.compile(rf"[+-]?{NUMBER_PATTERN}|[+-]?\.\d+")
 _FRACTION = re.compile(r"([+-]?\d+)\s*/\s*(\d+)")
 _MIXED = re.compile(r"([+-]?\d+)\s+(\d+)\s*/\s*(\d+)")
-_LATEX_FRAC = re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
-_LATEX_FRAC_SHORT = re.compile(r"([+-]?)\\[dt]?frac(\d)(\d)")
+_LATEX_FRACS = (re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*(\d+)\s*\}"),
+                re.compile(r"([+-]?)\\[dt]?frac(\d)(\d)"))
 _UNICODE_MINUS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-", "\uff0d": "-"})
+_LATEX_NOISE = (("\\$", "$"), ("\\%", "%"), ("\\!", ""), ("\\,", ""), ("\\left", ""),
+                ("\\right", ""), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""))
+_ANNOTATION = re.compile(r"<<[^<>\n]*>>")
 
 
 def _unwrap(s: str, command: str) -> str:
     """Replace every ``\\command{body}`` by ``body`` (braces matched by counting, linear time)."""
     out, i = [], 0
-    while True:
-        j = s.find(command + "{", i)
-        if j < 0:
-            out.append(s[i:])
-            return "".join(out)
+    while (j := s.find(command + "{", i)) >= 0:
         out.append(s[i:j])
         depth, k = 1, j + len(command) + 1
         while k < len(s) and depth:
             depth += {"{": 1, "}": -1}.get(s[k], 0)
             k += 1
-        body_end = k - 1 if depth == 0 else k
-        out.append(s[j + len(command) + 1: body_end])
+        out.append(s[j + len(command) + 1: k - 1 if depth == 0 else k])
         i = k
+    return "".join(out) + s[i:]
 
 
 def strip_answer_markup(text: str) -> str:
@@ -122,11 +95,9 @@ def strip_answer_markup(text: str) -> str:
         for command in ("\\boxed", "\\fbox", "\\text", "\\mathrm", "\\textbf", "\\mathbf"):
             if command in s:
                 s = _unwrap(s, command)
-        if "frac" in s:  # \frac{3}{4} -> 3/4
-            for pattern in (_LATEX_FRAC, _LATEX_FRAC_SHORT):
-                s = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}/{m.group(3)}", s)
-        for old, new in (("\\$", "$"), ("\\%", "%"), ("\\!", ""), ("\\,", ""), ("\\left", ""),
-                         ("\\right", ""), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", "")):
+        for pattern in _LATEX_FRACS:  # \frac{3}{4} -> 3/4
+            s = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}/{m.group(3)}", s)
+        for old, new in _LATEX_NOISE:
             s = s.replace(old, new)
     s = s.replace("$", "").strip()
     while s.endswith((".", "!")) and not s.endswith(".."):
@@ -135,39 +106,24 @@ def strip_answer_markup(text: str) -> str:
 
 
 def parse_number(text: str) -> Fraction | None:
-    """The exact value of `text` if it is one number, else None (part 03).
-
-    Accepts ``1,234``, ``-5``, ``+3``, ``.5``, ``18.00``, ``50%`` (→ 50), ``$18``, ``3/4``,
-    ``1 1/2``, ``\\frac{3}{4}``, ``\\boxed{18}``. No evaluation of anything else: ``2+3`` is None.
-    """
+    """The exact value of `text` if it is one number, else None (part 03): ``1,234``, ``-5``,
+    ``.5``, ``50%`` (→ 50), ``$18``, ``3/4``, ``1 1/2``, ``\\frac{3}{4}``; ``2+3`` is None."""
     if not isinstance(text, str) or len(text) > 200:
         return None
     s = strip_answer_markup(text)
-    if s.endswith("%"):
-        s = s[:-1].rstrip()
-    if not s:
-        return None
-    m = _NUMBER.fullmatch(s)
-    if m:
+    s = s[:-1].rstrip() if s.endswith("%") else s
+    if _NUMBER.fullmatch(s):
         return Fraction(s.replace(",", "").replace("+", ""))
-    for pattern in (_LATEX_FRAC, _LATEX_FRAC_SHORT):
-        m = pattern.fullmatch(s)
-        if m and int(m.group(3)):
-            sign = -1 if m.group(1) == "-" else 1
-            return sign * Fraction(int(m.group(2)), int(m.group(3)))
-    m = _FRACTION.fullmatch(s)
-    if m and int(m.group(2)):
+    if (m := _FRACTION.fullmatch(s)) and int(m.group(2)):
         return Fraction(int(m.group(1)), int(m.group(2)))
-    m = _MIXED.fullmatch(s)
-    if m and int(m.group(3)):
-        whole, num, den = int(m.group(1)), int(m.group(2)), int(m.group(3))
-        value = abs(whole) + Fraction(num, den)
+    if (m := _MIXED.fullmatch(s)) and int(m.group(3)):
+        value = abs(int(m.group(1))) + Fraction(int(m.group(2)), int(m.group(3)))
         return -value if m.group(1).startswith("-") else value
     return None
 
 
 def format_number(value: Fraction) -> str:
-    """The canonical text of a number: ``18``, ``-5``, ``0.25``, ``1/3`` (no commas, no trailing zeros)."""
+    """The canonical text of a number: ``18``, ``-5``, ``0.25``, ``1/3`` (no commas or trailing zeros)."""
     value = Fraction(value)
     if value.denominator == 1:
         return str(value.numerator)
@@ -177,10 +133,8 @@ def format_number(value: Fraction) -> str:
         k += 1
     if den != 1:  # not a terminating decimal
         return f"{value.numerator}/{value.denominator}"
-    scaled = abs(value.numerator) * (10**k // value.denominator)
-    digits = str(scaled).rjust(k + 1, "0")
-    text = f"{digits[:-k]}.{digits[-k:]}".rstrip("0").rstrip(".")
-    return ("-" if value < 0 else "") + text
+    digits = str(abs(value.numerator) * (10**k // value.denominator)).rjust(k + 1, "0")
+    return ("-" if value < 0 else "") + f"{digits[:-k]}.{digits[-k:]}".rstrip("0").rstrip(".")
 
 
 def canonical_number(text: str) -> str | None:
@@ -191,12 +145,7 @@ def canonical_number(text: str) -> str | None:
 
 def gold_answer(solution: str) -> str:
     """The final answer of a GSM8K solution, from its ``#### N`` line, normalised (part 03).
-
-    >>> gold_answer("5 + 7 = <<5+7=12>>12 apples.\\n#### 1,012")
-    '1012'
-
-    Raises ValueError when there is no ``####`` line or nothing after it.
-    """
+    Raises ValueError when there is no ``####`` line or nothing after it."""
     if not isinstance(solution, str):
         raise ValueError(f"a solution must be a string, not {type(solution).__name__}")
     cut = solution.rfind("####")
@@ -212,22 +161,15 @@ def gold_answer(solution: str) -> str:
     return canonical_number(tail) or tail
 
 
-_ANNOTATION = re.compile(r"<<[^<>\n]*>>")
-
-
 def count_steps(solution: str) -> int:
     """Reasoning steps of a GSM8K solution: its ``<<…>>`` calculator annotations, or its
     non-empty lines before ``####`` when it has none."""
     body = solution.split("####", 1)[0]
-    n = len(_ANNOTATION.findall(body))
-    return n if n else sum(1 for line in body.splitlines() if line.strip())
+    return len(_ANNOTATION.findall(body)) or sum(1 for line in body.splitlines() if line.strip())
 
 
 def difficulty_of(solution: str) -> str:
-    """``"easy"`` (≤ 2 steps), ``"medium"`` (3–4) or ``"hard"`` (≥ 5), from `count_steps` (part 03).
-
-    On GSM8K train this gives about 36 % easy, 48 % medium and 17 % hard.
-    """
+    """``"easy"`` (≤ 2 steps), ``"medium"`` (3–4) or ``"hard"`` (≥ 5), from `count_steps` (part 03)."""
     steps = count_steps(solution)
     return "easy" if steps <= 2 else "medium" if steps <= 4 else "hard"
 
@@ -238,42 +180,19 @@ def reasoning_lines(solution: str) -> list[str]:
     return [" ".join(line.split()) for line in body.splitlines() if line.strip()]
 
 
-# --------------------------------------------------------------------------------------------
-# Prompts and targets
-# --------------------------------------------------------------------------------------------
-
+# --- prompts and targets ----------------------------------------------------------------------
 
 def build_prompt(question: str) -> str:
-    """The prompt the model sees, in training and in evaluation alike (part 03).
-
-    Gemma's chat template with the instruction `SYSTEM_PROMPT` at the top of the user turn
-    (Gemma 3 has no system role)::
-
-        <start_of_turn>user
-        You are given a grade-school math problem. … between <answer> and </answer>.
-
-        {question}<end_of_turn>
-        <start_of_turn>model
-
-    No ``<bos>``: Tunix's sampler and tokenizer add it. The model's reply follows the last line.
-    """
+    """The prompt the model sees in training and evaluation alike (part 03): Gemma's chat
+    template, `SYSTEM_PROMPT` atop the user turn. No ``<bos>``: Tunix's tokenizer adds it."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"build_prompt needs a non-empty question string, got {question!r:.60}")
     return PROMPT_TEMPLATE.format(system=SYSTEM_PROMPT, question=question.strip())
 
 
 def format_solution(example: Example | str) -> str:
-    """The course-format target for SFT (part 03): GSM8K's steps without ``<<…>>`` annotations
-    inside ``<reasoning>``, and ``#### N`` as ``<answer>N</answer>``::
-
-        <reasoning>
-        Natalia sold 48/2 = 24 clips in May.
-        …
-        </reasoning>
-        <answer>72</answer>
-
-    Accepts an `Example` or a bare GSM8K solution string.
-    """
+    """The SFT target (part 03) of an `Example` or a bare GSM8K solution: its steps without
+    ``<<…>>`` inside ``<reasoning>…</reasoning>``, then ``<answer>N</answer>``."""
     solution = example.solution if isinstance(example, Example) else example
     answer = example.answer if isinstance(example, Example) else gold_answer(solution)
     steps = "\n".join(reasoning_lines(solution))
@@ -281,62 +200,40 @@ def format_solution(example: Example | str) -> str:
 
 
 def grpo_record(example: Example) -> dict[str, str]:
-    """One GRPO dataset row for Tunix (part 06): ``prompts`` (plain string, as GRPOLearner
-    wants), ``answer`` (the gold the reward functions receive), ``question`` and ``difficulty``
-    (passed through to the rewards as keyword arguments)."""
-    return {
-        "prompts": build_prompt(example.question),
-        "answer": example.answer,
-        "question": example.question,
-        "difficulty": example.difficulty,
-    }
+    """One GRPO dataset row for Tunix (part 06): the prompt string, the gold `answer`, and the
+    `question` and `difficulty` the reward functions receive as keyword arguments."""
+    return {"prompts": build_prompt(example.question), "answer": example.answer,
+            "question": example.question, "difficulty": example.difficulty}
 
 
-# --------------------------------------------------------------------------------------------
-# The offline generator
-# --------------------------------------------------------------------------------------------
+# --- the offline generator --------------------------------------------------------------------
 
-_NAMES = [
-    ("Ava", "she"), ("Liam", "he"), ("Maya", "she"), ("Noah", "he"), ("Zara", "she"),
-    ("Omar", "he"), ("Lena", "she"), ("Kofi", "he"), ("Priya", "she"), ("Mateo", "he"),
-    ("Hana", "she"), ("Ethan", "he"), ("Sofia", "she"), ("Yusuf", "he"), ("Chloe", "she"),
-    ("Ravi", "he"), ("Ingrid", "she"), ("Diego", "he"), ("Amara", "she"), ("Felix", "he"),
-    ("Nadia", "she"), ("Tomas", "he"), ("Leila", "she"), ("Jonah", "he"), ("Mei", "she"),
-    ("Samir", "he"), ("Greta", "she"), ("Kenji", "he"), ("Aisha", "she"), ("Oscar", "he"),
-]
-_ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "stamps", "shells", "beads",
-          "crayons", "cards", "erasers", "buttons", "oranges", "muffins", "balloons", "coins"]
+_NAMES = [(name, "he" if i % 2 else "she") for i, name in enumerate(
+    "Ava Liam Maya Noah Zara Omar Lena Kofi Priya Mateo Hana Ethan Sofia Yusuf Chloe Ravi Ingrid "
+    "Diego Amara Felix Nadia Tomas Leila Jonah Mei Samir Greta Kenji Aisha Oscar".split())]
+_ITEMS = ("apples marbles stickers pencils cookies stamps shells beads crayons cards erasers buttons "
+          "oranges muffins balloons coins").split()
 _GOODS = [("shirts", "pairs of socks", "hats"), ("notebooks", "pens", "folders"),
           ("books", "puzzles", "kites"), ("mugs", "plates", "bowls"), ("toy cars", "yo-yos", "balls")]
 _THINGS = ["a new game", "lunch", "a gift", "books", "a concert ticket", "groceries", "a plant"]
 _ANIMALS = [("cows", "chickens", "goats"), ("sheep", "ducks", "pigs"), ("horses", "geese", "rabbits")]
 
 
-class _Steps:
-    """Builds a GSM8K-style solution line by line, with ``<<expr=result>>`` annotations."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
+class _Steps(list):
+    """A GSM8K-style solution, line by line, with ``<<expr=result>>`` annotations."""
 
     def calc(self, before: str, expr: str, value: int, after: str = "", money: bool = False) -> int:
         shown = f"{'$' if money else ''}<<{expr.replace(' ', '')}={value}>>{value}"
-        self.lines.append(f"{before}{expr} = {shown}{after}".strip())
+        self.append(f"{before}{expr} = {shown}{after}".strip())
         return value
 
     def solution(self, answer: int) -> str:
-        return "\n".join(self.lines + [f"#### {answer}"])
-
-
-def _pick(rng: random.Random) -> tuple[str, str, str]:
-    (name, pron), (other, _) = rng.sample(_NAMES, 2)
-    return name, pron, other
+        return "\n".join([*self, f"#### {answer}"])
 
 
 def _easy(rng: random.Random) -> tuple[str, str]:
-    name, pron, other = _pick(rng)
-    item = rng.choice(_ITEMS)
-    s = _Steps()
-    kind = rng.randrange(6)
+    (name, pron), (other, _) = rng.sample(_NAMES, 2)
+    item, s, kind = rng.choice(_ITEMS), _Steps(), rng.randrange(6)
     if kind == 0:
         a, b = rng.randint(5, 90), rng.randint(3, 60)
         q = f"{name} has {a} {item}. {other} gives {name} {b} more. How many {item} does {name} have now?"
@@ -372,9 +269,8 @@ def _easy(rng: random.Random) -> tuple[str, str]:
 
 
 def _medium(rng: random.Random) -> tuple[str, str]:
-    name, pron, other = _pick(rng)
-    s = _Steps()
-    kind = rng.randrange(5)
+    (name, pron), (other, _) = rng.sample(_NAMES, 2)
+    s, kind = _Steps(), rng.randrange(5)
     if kind == 0:
         a, b, c = rng.randint(8, 25), rng.randint(2, 8), rng.randint(2, 8)
         d = rng.randint(5, a * (b + c) - 1)
@@ -430,9 +326,8 @@ def _medium(rng: random.Random) -> tuple[str, str]:
 
 
 def _hard(rng: random.Random) -> tuple[str, str]:
-    name, pron, other = _pick(rng)
-    s = _Steps()
-    kind = rng.randrange(4)
+    (name, pron), (other, _) = rng.sample(_NAMES, 2)
+    s, kind = _Steps(), rng.randrange(4)
     if kind == 0:
         g1, g2, g3 = rng.choice(_GOODS)
         a, b, c = rng.randint(2, 6), rng.randint(2, 8), rng.randint(1, 4)
@@ -490,15 +385,14 @@ def _hard(rng: random.Random) -> tuple[str, str]:
     return q, s.solution(ans)
 
 
-_GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
-    "easy": _easy, "medium": _medium, "hard": _hard}
-_DIFFICULTY_MIX = (("easy", 0.36), ("medium", 0.46), ("hard", 0.18))  # close to GSM8K's mix
+_GENERATORS = {"easy": _easy, "medium": _medium, "hard": _hard}
+_MIX = (0.36, 0.46, 0.18)  # easy, medium, hard: close to GSM8K's
 
 
 def synthetic_problem(rng: random.Random, difficulty: str | None = None) -> Example:
     """One generated word problem with an exact answer and a GSM8K-style solution (part 03)."""
     if difficulty is None:
-        difficulty = rng.choices([d for d, _ in _DIFFICULTY_MIX], [w for _, w in _DIFFICULTY_MIX])[0]
+        difficulty = rng.choices(DIFFICULTIES, _MIX)[0]
     if difficulty not in _GENERATORS:
         raise ValueError(f"difficulty={difficulty!r}; choose one of {', '.join(DIFFICULTIES)}")
     question, solution = _GENERATORS[difficulty](rng)
@@ -509,28 +403,22 @@ def _question_key(question: str) -> str:
     return " ".join(question.lower().split())
 
 
-def _synthetic(split: str, limit: int | None) -> list[Example]:
-    n = SYNTHETIC_SIZES[split] if limit is None else limit
-    taken: set[str] = set()
-    if split == "train":  # never reuse a test question
-        taken = {_question_key(e.question) for e in _synthetic("test", None)}
+def _synthetic(split: str) -> list[Example]:
+    """GSM8K's number of generated problems, seeded per split; train never repeats a test question."""
+    taken = {_question_key(e.question) for e in _load("test", "synthetic")} if split == "train" else set()
     rng = random.Random(f"course-utils/gsm-synthetic/{split}/v1")
     out: list[Example] = []
-    while len(out) < n:
+    while len(out) < SYNTHETIC_SIZES[split]:
         ex = synthetic_problem(rng)
-        key = _question_key(ex.question)
-        if key not in taken:
-            taken.add(key)
+        if _question_key(ex.question) not in taken:
+            taken.add(_question_key(ex.question))
             out.append(ex)
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Real GSM8K: local files, Hugging Face, Kaggle
-# --------------------------------------------------------------------------------------------
+# --- real GSM8K -------------------------------------------------------------------------------
 
-
-def _rows_to_examples(rows: Iterable[dict[str, Any]], source: str, where: str) -> list[Example]:
+def _examples(rows: Iterable[dict[str, Any]], source: str, where: str) -> list[Example]:
     out = []
     for i, row in enumerate(rows, 1):
         try:
@@ -546,80 +434,65 @@ def _rows_to_examples(rows: Iterable[dict[str, Any]], source: str, where: str) -
 
 
 def read_gsm8k_folder(folder: str | os.PathLike, split: str, source: str = "local") -> list[Example]:
-    """Read one split from a folder of ``{split}.jsonl`` (GSM8K's files) or ``main_{split}.csv``
-    (the Kaggle dataset's files)."""
-    folder = Path(folder)
-    jsonl, csv_path = folder / f"{split}.jsonl", folder / f"main_{split}.csv"
+    """One split from a folder of ``{split}.jsonl`` (GSM8K's files) or ``main_{split}.csv``
+    (the Kaggle dataset's)."""
+    jsonl, csv_path = Path(folder) / f"{split}.jsonl", Path(folder) / f"main_{split}.csv"
     if jsonl.is_file():
         rows = []
-        with jsonl.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{jsonl}: line {n} is not JSON ({err})") from None
-        return _rows_to_examples(rows, source, str(jsonl))
+        for n, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                rows += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{jsonl}: line {n} is not JSON ({err})") from None
+        return _examples(rows, source, str(jsonl))
     if csv_path.is_file():
         with csv_path.open(encoding="utf-8", newline="") as fh:
-            return _rows_to_examples(list(csv.DictReader(fh)), source, str(csv_path))
+            return _examples(list(csv.DictReader(fh)), source, str(csv_path))
     raise SourceUnavailable(f"{folder} has neither {split}.jsonl nor main_{split}.csv")
 
 
-def _has_split_files(folder: Path) -> bool:
+def _has_splits(folder: Path) -> bool:
     return all((folder / f"{s}.jsonl").is_file() or (folder / f"main_{s}.csv").is_file() for s in SPLITS)
 
 
 def local_gsm8k_dir() -> Path:
-    """The local GSM8K folder `load_gsm8k` uses: ``COURSE_GSM8K_DIR``, else ``../shared/data/gsm8k``
+    """The folder the ``"local"`` source reads: ``COURSE_GSM8K_DIR``, else ``../shared/data/gsm8k``
     beside the repository, else a GSM8K folder attached under ``/kaggle/input``."""
-    named = os.environ.get("COURSE_GSM8K_DIR", "").strip()
-    if named:
-        folder = Path(named).expanduser()
-        if not _has_split_files(folder):
+    if named := os.environ.get("COURSE_GSM8K_DIR", "").strip():
+        if not _has_splits(Path(named).expanduser()):
             raise SourceUnavailable(
                 f"COURSE_GSM8K_DIR={named} has no train.jsonl/test.jsonl (or main_train.csv/main_test.csv); "
-                "point it at a folder holding GSM8K's files, or unset it"
-            )
-        return folder
-    candidates = [SHARED_GSM8K]
-    kaggle_input = Path("/kaggle/input")
-    if kaggle_input.is_dir():
-        candidates += sorted(p for p in kaggle_input.glob("*") if "gsm" in p.name.lower() or "grade-school" in p.name)
-        candidates += sorted(p for p in kaggle_input.glob("*/*") if "gsm" in str(p).lower())
-    for folder in candidates:
-        if folder.is_dir() and _has_split_files(folder):
-            return folder
-    raise SourceUnavailable(f"COURSE_GSM8K_DIR is not set and there is no GSM8K folder at {SHARED_GSM8K}")
+                "point it at a folder holding GSM8K's files, or unset it")
+        return Path(named).expanduser()
+    inputs = [p for pattern in ("*", "*/*") for p in sorted(Path("/kaggle/input").glob(pattern))
+              if "gsm" in str(p).lower() or "grade-school" in str(p)]
+    found = next((p for p in [SHARED_GSM8K, *inputs] if p.is_dir() and _has_splits(p)), None)
+    if found is None:
+        raise SourceUnavailable(f"COURSE_GSM8K_DIR is not set and there is no GSM8K folder at {SHARED_GSM8K}")
+    return found
 
 
 _probe_cache: dict[str, bool] = {}
 
 
 def host_reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True if a TCP connection to `host` opens within `timeout` seconds (DNS included).
-
-    Runs in a daemon thread so a stuck DNS lookup cannot hang the caller; results are cached
-    for the process. With an HTTP(S) proxy configured it returns True and lets the client try.
-    """
+    """True if a TCP connection to `host` opens within `timeout` s, DNS included (in a daemon
+    thread: a stuck lookup cannot hang the caller); cached. True with a proxy: the client decides."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
-    if host in _probe_cache:
-        return _probe_cache[host]
-    result = [False]
+    if host not in _probe_cache:
+        opened: list[bool] = []
 
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result[0] = True
-        except Exception:  # DNS failure, refused, timed out, no route: unreachable
-            pass
+        def probe() -> None:
+            with contextlib.suppress(Exception):  # DNS failure, refused, timed out: unreachable
+                socket.create_connection((host, port), timeout=timeout).close()
+                opened.append(True)
 
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    _probe_cache[host] = result[0]
-    return result[0]
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(timeout + 0.5)
+        _probe_cache[host] = bool(opened)
+    return _probe_cache[host]
 
 
 def _from_huggingface(split: str) -> list[Example]:
@@ -630,115 +503,65 @@ def _from_huggingface(split: str) -> list[Example]:
     except ImportError:
         raise SourceUnavailable("the `datasets` package is not installed (pip install datasets)") from None
     try:
-        ds = datasets.load_dataset(*HF_DATASET, split=split)
+        rows = datasets.load_dataset(*HF_DATASET, split=split)
     except Exception as err:  # offline cache miss, rate limit, ...
         raise SourceUnavailable(f"datasets.load_dataset{HF_DATASET} failed: {str(err)[:160]}") from None
-    return _rows_to_examples(ds, "huggingface", f"huggingface {HF_DATASET[0]}")
-
-
-def _from_kaggle(split: str) -> list[Example]:
-    handle = os.environ.get("COURSE_GSM8K_KAGGLE_DATASET", "").strip() or KAGGLE_DATASET
-    if not is_kaggle() and not host_reachable("www.kaggle.com"):
-        raise SourceUnavailable("www.kaggle.com cannot be reached (no network?)")
-    try:
-        import kagglehub
-    except ImportError:
-        raise SourceUnavailable("the `kagglehub` package is not installed (pip install kagglehub)") from None
-    try:
-        folder = Path(kagglehub.dataset_download(handle))
-    except Exception as err:  # missing credentials, network, unknown handle
-        raise SourceUnavailable(f"kagglehub.dataset_download({handle!r}) failed: {str(err)[:160]}") from None
-    found = next((p for p in [folder, *folder.rglob("*")] if p.is_dir() and _has_split_files(p)), None)
-    if found is None:
-        raise SourceUnavailable(f"Kaggle dataset {handle} has no main_train.csv/main_test.csv or *.jsonl files")
-    return read_gsm8k_folder(found, split, source="kaggle")
-
-
-def _load_from(source: str, split: str) -> list[Example]:
-    if source == "local":
-        return read_gsm8k_folder(local_gsm8k_dir(), split)
-    if source == "huggingface":
-        return _from_huggingface(split)
-    if source == "kaggle":
-        return _from_kaggle(split)
-    return _synthetic(split, None)
+    return _examples(rows, "huggingface", f"huggingface {HF_DATASET[0]}")
 
 
 _cache: dict[tuple[str, str, str], tuple[Example, ...]] = {}
 
 
-def _cached(source: str, split: str) -> tuple[Example, ...]:
-    where = os.environ.get("COURSE_GSM8K_DIR", "") if source == "local" else ""
-    key = (source, split, where)
+def _load(split: str, source: str) -> tuple[Example, ...]:
+    """A whole split of a named source, cached for the process (per ``COURSE_GSM8K_DIR``)."""
+    key = (source, split, os.environ.get("COURSE_GSM8K_DIR", ""))
     if key not in _cache:
-        _cache[key] = tuple(_load_from(source, split))
+        loaders = {"local": lambda: read_gsm8k_folder(local_gsm8k_dir(), split),
+                   "huggingface": lambda: _from_huggingface(split), "synthetic": lambda: _synthetic(split)}
+        _cache[key] = tuple(loaders[source]())
     return _cache[key]
 
 
-def _check_args(split: str, source: str, limit: int | None) -> None:
+def resolve_source(source: str = "auto", split: str = "train", verbose: bool = True) -> str:
+    """The source ``"auto"`` picks (local, else huggingface, else synthetic), printing why it
+    skipped the others; a named source is checked and returned as it is."""
     if split not in SPLITS:
-        raise ValueError(f"split={split!r}; choose 'train' or 'test' (validation is carved from train by load_splits)")
+        raise ValueError(f"split={split!r}; choose 'train' or 'test' (load_splits carves validation from train)")
     if source not in SOURCES:
         raise ValueError(f"source={source!r}; choose one of {', '.join(SOURCES)}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit={limit!r}; use a positive integer, or None for the whole split")
-
-
-def resolve_source(source: str = "auto", split: str = "train", verbose: bool = True) -> str:
-    """The concrete source `auto` picks (local → huggingface → kaggle → synthetic), printing why
-    it skipped the others; any other name is returned as it is."""
-    _check_args(split, source, None)
     if source != "auto":
         return source
     skipped = []
-    for candidate in AUTO_ORDER:
-        if candidate == "synthetic":
-            break
+    for source in ("local", "huggingface", "synthetic"):
         try:
-            _cached(candidate, split)
+            _load(split, source)
+            break
         except SourceUnavailable as err:
-            skipped.append(f"{candidate}: {err}")
-            continue
-        if verbose:
-            print(f"data: auto picked {candidate}" + _skipped_note(skipped))
-        return candidate
+            skipped.append(f"{source}: {err}")
     if verbose:
-        print("data: auto picked synthetic (the offline generator)" + _skipped_note(skipped))
-    return "synthetic"
-
-
-def _skipped_note(skipped: Sequence[str]) -> str:
-    return "" if not skipped else " — skipped " + "; ".join(skipped)
+        print(f"data: auto picked {source}" + (" — skipped " + "; ".join(skipped) if skipped else ""))
+    return source
 
 
 def load_gsm8k(split: str, source: str = "auto", limit: int | None = None, verbose: bool = True) -> list[Example]:
-    """GSM8K's `split` ("train" or "test") as a list of `Example`, in file order (part 03).
-
-    `source` is one of auto | local | huggingface | kaggle | synthetic (see the module help);
-    `limit` keeps the first `limit` examples. A named source that cannot be used raises
-    `SourceUnavailable` saying why; "auto" falls through to the next and prints its choice.
-    """
-    _check_args(split, source, limit)
-    chosen = resolve_source(source, split, verbose=verbose)
-    if chosen == "synthetic":
-        examples = _synthetic(split, limit)
-    else:
-        examples = list(_cached(chosen, split))
-    examples = examples[:limit] if limit is not None else examples
+    """GSM8K's `split` ("train" or "test") as `Example`s in file order, the first `limit` of
+    them (part 03). A named source that cannot be used raises `SourceUnavailable` saying why."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r}; use a positive integer, or None for the whole split")
+    source = resolve_source(source, split, verbose=verbose)
+    examples = list(_load(split, source)[:limit])
     if verbose:
-        print(f"data: GSM8K {split}: {len(examples):,} examples from {chosen}")
+        print(f"data: GSM8K {split}: {len(examples):,} examples from {source}")
     return examples
 
 
 def load_splits(config: Any) -> dict[str, list[Example]]:
-    """Train / validation / test examples for a `TrainingConfig` (part 03).
+    """Disjoint train / validation / test examples for a `TrainingConfig` (part 03).
 
-    test = the first ``config.eval_examples`` of GSM8K's test split (all when None); validation
-    and train are disjoint random draws (seed ``config.seed``) from GSM8K's train split, of
-    ``config.val_examples`` and ``config.train_examples`` (the rest when None). A train question
-    that also appears in test is dropped, so no question is in two splits. On a full-size
-    profile (`tpu`, `gpu`) "auto" finding no GSM8K raises `SourceUnavailable` rather than
-    training the full run on the toy generator.
+    test: the first ``config.eval_examples`` of GSM8K's test split; validation and train:
+    seeded draws (``config.seed``) of ``val_examples`` and ``train_examples`` from its train
+    split, without the train questions that are also in test. On a full-size profile "auto"
+    finding no GSM8K raises `SourceUnavailable` rather than train on the generator.
     """
     source = resolve_source(config.data_source, "train")
     if source == "synthetic" and config.data_source == "auto" and config.profile in FULL_SIZE_PROFILES:
@@ -749,28 +572,26 @@ def load_splits(config: Any) -> dict[str, list[Example]]:
             "COURSE_GSM8K_DIR to a folder of train.jsonl / test.jsonl; data_source='synthetic' uses the "
             "generator on purpose."
         )
-    test = load_gsm8k("test", source=source, limit=config.eval_examples, verbose=False)
-    test_keys = {_question_key(e.question) for e in load_gsm8k("test", source=source, verbose=False)}
-    pool, seen = [], set(test_keys)
-    for ex in load_gsm8k("train", source=source, verbose=False):
-        key = _question_key(ex.question)
-        if key not in seen:
-            seen.add(key)
+    seen = {_question_key(e.question) for e in _load("test", source)}
+    pool = []
+    for ex in _load("train", source):
+        if _question_key(ex.question) not in seen:
+            seen.add(_question_key(ex.question))
             pool.append(ex)
     if config.val_examples >= len(pool):
-        raise ValueError(
-            f"val_examples={config.val_examples} leaves no training data: the {source} train split has "
-            f"{len(pool)} usable examples; lower val_examples."
-        )
+        raise ValueError(f"val_examples={config.val_examples} leaves no training data: the {source} train "
+                         f"split has {len(pool)} usable examples; lower val_examples.")
     order = list(range(len(pool)))
     random.Random(config.seed).shuffle(order)
-    val = [pool[i] for i in order[: config.val_examples]]
     rest = order[config.val_examples:]
     if config.train_examples is not None and config.train_examples > len(rest):
         print(f"data: only {len(rest)} training examples left after validation (asked for {config.train_examples})")
-    train = [pool[i] for i in rest[: config.train_examples]]
-    print(f"data: splits from {source}: train {len(train):,} · val {len(val):,} · test {len(test):,} (no overlap)")
-    return {"train": train, "val": val, "test": test}
+    splits = {"train": [pool[i] for i in rest[: config.train_examples]],
+              "val": [pool[i] for i in order[: config.val_examples]],
+              "test": list(_load("test", source)[: config.eval_examples])}
+    print(f"data: splits from {source}: " + " · ".join(f"{k} {len(v):,}" for k, v in splits.items())
+          + " (no overlap)")
+    return splits
 
 
 def by_difficulty(examples: Iterable[Example]) -> dict[str, list[Example]]:

@@ -226,8 +226,6 @@ def test_named_source_that_is_missing_says_why(tmp_path, monkeypatch):
         load_gsm8k("train", source="local")
     with pytest.raises(SourceUnavailable, match="huggingface.co cannot be reached"):
         load_gsm8k("train", source="huggingface")
-    with pytest.raises(SourceUnavailable, match="www.kaggle.com cannot be reached"):
-        load_gsm8k("train", source="kaggle")
 
 
 def test_auto_falls_through_quickly_offline_and_says_why(tmp_path, monkeypatch, capsys):
@@ -239,8 +237,7 @@ def test_auto_falls_through_quickly_offline_and_says_why(tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert all(e.source == "synthetic" for e in examples) and len(examples) == 5
     assert "auto picked synthetic" in out
-    for reason in ("local: COURSE_GSM8K_DIR", "huggingface: huggingface.co cannot be reached",
-                   "kaggle: www.kaggle.com cannot be reached"):
+    for reason in ("local: COURSE_GSM8K_DIR", "huggingface: huggingface.co cannot be reached"):
         assert reason in out
 
 
@@ -272,26 +269,6 @@ def test_huggingface_failure_falls_through(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("COURSE_GSM8K_DIR", str(tmp_path / "nowhere"))
     assert load_gsm8k("test", limit=2)[0].source == "synthetic"
     assert "offline cache miss" in capsys.readouterr().out
-
-
-def test_kaggle_path(monkeypatch, tmp_path):
-    folder = tmp_path / "kh" / "versions" / "1"
-    folder.mkdir(parents=True)
-    for split, rows in ROWS.items():
-        with (folder / f"main_{split}.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["question", "answer"])
-            writer.writeheader()
-            writer.writerows(rows)
-    handles = []
-
-    def dataset_download(handle):
-        handles.append(handle)
-        return str(tmp_path / "kh")
-
-    monkeypatch.setattr(data, "host_reachable", lambda host, *a, **k: True)
-    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=dataset_download))
-    got = load_gsm8k("train", source="kaggle")
-    assert handles == [data.KAGGLE_DATASET] and len(got) == 30 and got[0].source == "kaggle"
 
 
 def test_host_reachable_never_hangs(monkeypatch):
@@ -378,13 +355,14 @@ def test_full_size_profiles_never_fall_back_to_the_generator_silently(monkeypatc
     full-size run on toy problems. Asking for the generator, or a small profile, still works."""
     from course_utils import data
 
-    def unavailable(source, split):
+    real_load = data._load
+
+    def unavailable(split, source):
         if source == "synthetic":
-            return data._synthetic(split, None)
+            return real_load(split, source)
         raise SourceUnavailable(f"{source}: not here (test)")
 
-    monkeypatch.setattr(data, "_load_from", unavailable)
-    monkeypatch.setattr(data, "_cache", {})
+    monkeypatch.setattr(data, "_load", unavailable)
     small = dict(train_examples=10, val_examples=5, eval_examples=5)
     for profile in ("tpu", "gpu"):
         with pytest.raises(SourceUnavailable, match="COURSE_GSM8K_DIR") as err:
