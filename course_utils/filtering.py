@@ -1,20 +1,8 @@
 """Prompts GRPO can learn from: pass-rate filtering with the SFT policy's own samples (part 06).
 
-A GRPO group carries a correctness signal only when its G replies disagree, which happens
-with probability 1 − pᴳ − (1 − p)ᴳ for a prompt the policy solves with probability p. A prompt
-it always fails (p = 0) or always solves (p = 1) gives every reply the same correctness, so
-only format and style move the update. So before GRPO the course samples k replies per
-candidate prompt, at the rollout temperature, with the policy GRPO starts from, and keeps the
-prompts solved *sometimes*: `filter_pass_rate_min ≤ p̂ ≤ filter_pass_rate_max`. Tunix 0.1.7
-has no dynamic sampling (DAPO's `dynamic_sampling` is a TODO there), so this happens offline.
-
-The same samples are each prompt's "before" measurement: after GRPO, `measure_pass_rates`
-again (another seed) gives p̂ after, and `pass_rate_gain` pairs them prompt by prompt.
-
-Samples are cached as JSON lines in ``<run>/pass_rates/<name>-<fingerprint>.jsonl``, one line
-per prompt, written as each batch finishes: a killed measurement continues where it stopped
-and nothing measured is lost. Each reply is scored by `evaluation.score_reply`, the scorer
-evaluation uses (strict correctness, format, truncation).
+k replies per candidate prompt, sampled as GRPO's rollouts are and scored as evaluation scores;
+the prompts solved *sometimes* are kept (Tunix 0.1.7 has no dynamic sampling). Samples are
+cached as JSON lines written batch by batch: a killed measurement continues where it stopped.
 """
 
 from __future__ import annotations
@@ -31,11 +19,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from course_utils.data import build_prompt
-from course_utils.evaluation import paired_bootstrap, score_reply, token_counts
+from course_utils.evaluation import score_reply, token_counts
 from course_utils.files import atomic_write
 from course_utils.generate import generate, step_seed
 
 PASS_RATES_DIR = "pass_rates"
+_SAMPLING_FIELDS = ("model", "param_dtype", "max_prompt_length", "max_generation_length", "cache_size",
+                    "temperature", "top_p", "top_k", "eval_batch_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,27 +49,15 @@ class PassRate:
     def pass_rate(self) -> float:
         return sum(self.correct) / self.k if self.k else float("nan")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PassRate":
-        return cls(data["question"], str(data["answer"]), data.get("difficulty"), tuple(data["correct"]),
-                   tuple(data["formatted"]), tuple(data["truncated"]), tuple(data["lengths"]),
-                   tuple(data.get("replies", ())))
-
-
-def difficulties(config: Any) -> tuple[str, ...]:
-    """The difficulties pass-rate filtering draws candidates from (`config.filter_difficulties`)."""
-    value = config.filter_difficulties
-    return tuple(d.strip() for d in value.split(",") if d.strip()) if isinstance(value, str) else tuple(value)
+    def from_dict(cls, row: dict[str, Any]) -> "PassRate":
+        return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in row.items()})
 
 
 def candidate_prompts(examples: Sequence[Any], config: Any, n: int | None = None, *, skip: int = 0) -> list[Any]:
-    """`n` (default `config.filter_candidates`) candidate prompts of the filter's difficulties, in
-    a seeded order; `skip` leaves out the first ones (the proof draws disjoint held-out
-    candidates as the ones after the training candidates)."""
-    wanted = set(difficulties(config))
+    """`n` (default `config.filter_candidates`) examples of `config.filter_difficulties` in a
+    seeded order, after the first `skip` (the proof's held-out candidates follow the training ones)."""
+    wanted = {d.strip() for d in config.filter_difficulties.split(",")}
     pool = [e for e in examples if getattr(e, "difficulty", None) in wanted]
     if not pool:
         raise ValueError(
@@ -96,83 +74,53 @@ def candidate_prompts(examples: Sequence[Any], config: Any, n: int | None = None
 
 def cache_path(directory: str | os.PathLike, name: str, config: Any, k: int, seed: int, checkpoint: Any) -> Path:
     """The cache file of one measurement: its name plus a hash of everything the samples depend on."""
-    fields = ("model", "param_dtype", "max_prompt_length", "max_generation_length", "cache_size", "temperature",
-              "top_p", "top_k", "eval_batch_size")
-    key = json.dumps({"config": {f: getattr(config, f) for f in fields}, "k": k, "seed": seed,
+    key = json.dumps({"config": {f: getattr(config, f) for f in _SAMPLING_FIELDS}, "k": k, "seed": seed,
                       "checkpoint": None if checkpoint is None else str(checkpoint)}, sort_keys=True)
     return Path(directory) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsonl"
 
 
-def read_cache(path: str | os.PathLike) -> dict[str, PassRate]:
-    """The prompts already measured in a cache file, by question (a torn last line is ignored)."""
-    path = Path(path)
-    out: dict[str, PassRate] = {}
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        try:
-            rate = PassRate.from_dict(json.loads(line))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut off by a kill: that prompt is measured again
-        out[rate.question] = rate
-    return out
-
-
 def score_samples(example: Any, replies: Sequence[str], tokenizer: Any, config: Any) -> PassRate:
     """Score k replies to one prompt with evaluation's scorer: correctness, format, truncation."""
-    limit = config.max_generation_length
+    limit, difficulty = config.max_generation_length, getattr(example, "difficulty", None)
     counts = token_counts(tokenizer, list(replies), limit)
-    rows = [score_reply(r, str(example.answer), config=config, difficulty=getattr(example, "difficulty", None),
-                        n_tokens=n, max_new_tokens=limit) for r, n in zip(replies, counts)]
-    return PassRate(example.question, str(example.answer), getattr(example, "difficulty", None),
-                    tuple(bool(r["strict"]) for r in rows), tuple(bool(r["format"]) for r in rows),
-                    tuple(bool(r["truncated"]) for r in rows), tuple(counts), tuple(replies))
+    rows = [score_reply(r, str(example.answer), config=config, difficulty=difficulty, n_tokens=n,
+                        max_new_tokens=limit) for r, n in zip(replies, counts)]
+    return PassRate(example.question, str(example.answer), difficulty, *(tuple(bool(r[key]) for r in rows)
+                    for key in ("strict", "format", "truncated")), tuple(counts), tuple(replies))
 
 
 def measure_pass_rates(model: Any, tokenizer: Any, model_config: Any, examples: Sequence[Any], config: Any,
                        directory: str | os.PathLike, *, name: str, k: int | None = None, seed: int | None = None,
                        checkpoint: Any = None, progress: bool = True) -> list[PassRate]:
-    """k replies per prompt sampled at the rollout temperature (`config.temperature`, `top_p`,
-    `top_k`, `max_generation_length`), scored, cached in `directory` (part 06).
-
-    Each batch holds `config.eval_batch_size // k` prompts, each repeated k times, sampled with
-    one seed per batch; its prompts are appended to the cache as soon as it is done, so a
-    re-run skips them. `checkpoint` names the weights (a new one means a new cache file).
-    Returns one `PassRate` per example, in the order given.
-    """
+    """One `PassRate` per example (part 06): k replies each (`config.filter_samples_k`), sampled
+    at the rollout settings, `config.eval_batch_size // k` prompts per batch, cached in
+    `directory` (a re-run skips what is there; `checkpoint` names the weights)."""
     k = config.filter_samples_k if k is None else int(k)
     seed = config.seed if seed is None else int(seed)
     if k < 1:
         raise ValueError(f"k={k} must be >= 1 samples per prompt")
     path = cache_path(directory, name, config, k, seed, checkpoint)
-    done = read_cache(path)
-    if path.exists() and not path.read_text().endswith("\n"):  # torn by a kill: keep only whole lines
-        atomic_write(path, "".join(json.dumps(r.to_dict()) + "\n" for r in done.values()))
+    done: dict[str, PassRate] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rate = PassRate.from_dict(json.loads(line))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut off by a kill (caches before atomic writes): measured again
+        done[rate.question] = rate
     todo = [e for e in dict((e.question, e) for e in examples).values() if e.question not in done]
     per_batch = max(1, config.eval_batch_size // k)
-    batches = [todo[i:i + per_batch] for i in range(0, len(todo), per_batch)]
     if todo:
         print(f"{name}: sampling {k} replies for {len(todo)} prompts ({len(done)} cached) → {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(todo), desc=f"{name}: pass rates", disable=not progress, leave=False)
-    try:
-        for chunk in batches:
-            prompts = [build_prompt(e.question) for e in chunk for _ in range(k)]
-            batch_seed = step_seed(seed, int(hashlib.sha256(chunk[0].question.encode()).hexdigest()[:8], 16))
-            replies = generate(model, tokenizer, model_config, prompts, config, greedy=False, seed=batch_seed,
-                               batch_size=per_batch * k)
-            lines = []
-            for i, example in enumerate(chunk):
-                rate = score_samples(example, replies[i * k:(i + 1) * k], tokenizer, config)
-                done[example.question] = rate
-                lines.append(json.dumps(rate.to_dict()) + "\n")
-            with open(path, "a") as f:  # one write per batch, then fsync: a kill loses at most this batch
-                f.write("".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    for start in tqdm(range(0, len(todo), per_batch), desc=f"{name}: pass rates", disable=not progress, leave=False):
+        chunk = todo[start:start + per_batch]
+        prompts = [build_prompt(e.question) for e in chunk for _ in range(k)]
+        batch_seed = step_seed(seed, int(hashlib.sha256(chunk[0].question.encode()).hexdigest()[:8], 16))
+        replies = generate(model, tokenizer, model_config, prompts, config, greedy=False, seed=batch_seed,
+                           batch_size=per_batch * k)
+        for i, example in enumerate(chunk):
+            done[example.question] = score_samples(example, replies[i * k:(i + 1) * k], tokenizer, config)
+        # rewritten whole after each batch, atomically: a kill loses at most this batch
+        atomic_write(path, "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in done.values()))
     return [done[e.question] for e in examples]
 
 
@@ -194,38 +142,20 @@ def mixed_group_probability(p: Any, g: int) -> Any:
 
 
 def mixed_group_fraction(correct: Any, group_size: int) -> float:
-    """Share of groups (consecutive runs of `group_size` replies, as Tunix orders them) whose
-    correctness is mixed: some right, some wrong. Only these carry a correctness signal."""
+    """Share of groups (consecutive runs of `group_size` replies, as Tunix orders them) with some
+    replies right and some wrong: only these carry a correctness signal."""
     grouped = np.asarray(correct, dtype=bool).reshape(-1, group_size)
-    if grouped.size == 0:
-        return float("nan")
-    return float(np.mean(grouped.any(axis=1) & ~grouped.all(axis=1)))
+    return float(np.mean(grouped.any(axis=1) & ~grouped.all(axis=1))) if grouped.size else float("nan")
 
 
 def summary(rates: Sequence[PassRate], config: Any) -> dict[str, Any]:
     """Counts and means of one measurement: how many prompts are never / sometimes / always solved."""
-    p = np.array([r.pass_rate for r in rates], dtype=np.float64)
-    if not len(p):
+    if not rates:
         return {"prompts": 0}
-    selected = select_by_pass_rate(rates, config)
-    return {
-        "prompts": len(rates), "k": rates[0].k, "mean_pass_rate": float(p.mean()),
-        "never": int(np.sum(p == 0)), "always": int(np.sum(p == 1)), "selected": len(selected),
-        "format_rate": float(np.mean([np.mean(r.formatted) for r in rates])),
-        "truncation_rate": float(np.mean([np.mean(r.truncated) for r in rates])),
-        "mean_length": float(np.mean([np.mean(r.lengths) for r in rates])),
-        "expected_mixed_groups": float(mixed_group_probability(p, config.num_generations).mean()),
-    }
+    p = np.array([r.pass_rate for r in rates], dtype=np.float64)
+    return {"prompts": len(rates), "k": rates[0].k, "mean_pass_rate": float(p.mean()),
+            "never": int(np.sum(p == 0)), "always": int(np.sum(p == 1)),
+            "selected": len(select_by_pass_rate(rates, config)),
+            "format_rate": float(np.mean([np.mean(r.formatted) for r in rates])),
+            "truncation_rate": float(np.mean([np.mean(r.truncated) for r in rates]))}
 
-
-def pass_rate_gain(before: Sequence[PassRate], after: Sequence[PassRate], *, seed: int = 0,
-                   n_resamples: int = 2000) -> dict[str, float]:
-    """p̂ after − p̂ before on the same prompts, with evaluation's paired bootstrap over prompts."""
-    after_by = {r.question: r for r in after}
-    pairs = [(b.pass_rate, after_by[b.question].pass_rate) for b in before if b.question in after_by]
-    if len(pairs) < len(before):
-        raise ValueError(f"{len(before) - len(pairs)} prompts measured before have no measurement after")
-    x, y = (np.array(v, dtype=np.float64) for v in zip(*pairs)) if pairs else (np.array([]), np.array([]))
-    result = paired_bootstrap(x, y, seed=seed, n_resamples=n_resamples)
-    return {**result, "before": float(x.mean()) if len(x) else float("nan"),
-            "after": float(y.mean()) if len(y) else float("nan")}

@@ -65,10 +65,10 @@ print("data source:", config.data_source, "| run directory:", RUN_DIR)
 # %% [markdown]
 # ## 1. The data and where it comes from
 #
-# `load_gsm8k` reads GSM8K from a local folder (`COURSE_GSM8K_DIR`), Hugging Face or Kaggle, or
-# generates problems offline with a seeded generator written for this course. With `"auto"` it
-# tries them in that order and prints which one it used and why it skipped the others; an
-# unreachable host is skipped in about two seconds. `load_splits` then makes three disjoint
+# `load_gsm8k` reads GSM8K from a local folder (`COURSE_GSM8K_DIR`, or a GSM8K dataset attached
+# on Kaggle) or Hugging Face, or generates problems offline with a seeded generator written for
+# this course. With `"auto"` it tries them in that order and prints which one it used and why it
+# skipped the others; an unreachable host is skipped in about two seconds. `load_splits` then makes three disjoint
 # splits: test is GSM8K's test set, validation and train are seeded draws from its train set.
 
 # %%
@@ -333,8 +333,8 @@ print(f"{'sum = reward':<20}", [round(sum(v), 3) for v in zip(*per_fn.values())]
 # %% [markdown]
 # ## Recap
 #
-# - `load_splits` gives disjoint train / validation / test sets from local GSM8K, Hugging Face,
-#   Kaggle or the offline generator, and says which it used.
+# - `load_splits` gives disjoint train / validation / test sets from local GSM8K, Hugging Face
+#   or the offline generator, and says which it used.
 # - Difficulty comes from the number of solution steps; the gold from `#### N`; the prompt from
 #   `build_prompt`, the same in training and evaluation.
 # - Each reward component is a pure function of the text, returning a score in [0, 1].

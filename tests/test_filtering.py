@@ -9,6 +9,7 @@ import pytest
 from course_utils import filtering, training
 from course_utils.config import TrainingConfig
 from course_utils.data import Example, load_splits
+from tools.proof import pass_rate_gain
 
 SMOKE = TrainingConfig.for_profile("smoke")
 RIGHT = "<reasoning>2+3=5</reasoning><answer>5</answer>"
@@ -78,20 +79,20 @@ def test_samples_are_scored_with_evaluations_scorer():
     rate = filtering.score_samples(example, [RIGHT, WRONG, "5", RIGHT], tiny_tokenizer(), SMOKE)
     assert rate.correct == (True, False, False, True) and rate.pass_rate == 0.5
     assert rate.formatted == (True, True, False, True)
-    assert filtering.PassRate.from_dict(json.loads(json.dumps(rate.to_dict()))) == rate
+    assert filtering.PassRate.from_dict(json.loads(json.dumps(dataclasses.asdict(rate)))) == rate
 
 
 def test_pass_rate_gain_pairs_prompts_and_bootstraps_over_them():
     before = [_rate(f"q{i}", [True] * 2 + [False] * 6) for i in range(20)]
     after = [_rate(f"q{i}", [True] * 5 + [False] * 3) for i in reversed(range(20))]
-    gain = filtering.pass_rate_gain(before, after)
+    gain = pass_rate_gain(before, after)
     assert gain["difference"] == pytest.approx(3 / 8) and gain["low"] == pytest.approx(3 / 8)
     assert gain["before"] == pytest.approx(0.25) and gain["after"] == pytest.approx(0.625) and gain["n"] == 20
     noisy = [_rate(f"q{i}", [True] * (i % 3) + [False] * (8 - i % 3)) for i in range(20)]
-    spread = filtering.pass_rate_gain(before, noisy)
+    spread = pass_rate_gain(before, noisy)
     assert spread["low"] < spread["difference"] < spread["high"]
     with pytest.raises(ValueError, match="no measurement after"):
-        filtering.pass_rate_gain(before, after[:5])
+        pass_rate_gain(before, after[:5])
 
 
 def test_measure_pass_rates_samples_k_caches_and_resumes(tiny_loaded, tmp_path, monkeypatch):

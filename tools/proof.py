@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 
 from course_utils import filtering, training
 from course_utils.checkpoints import restore_lora
@@ -46,7 +47,7 @@ from course_utils.evaluation import (
     paired_bootstrap,
 )
 from course_utils.files import atomic_write
-from course_utils.filtering import pass_rate_gain, summary
+from course_utils.filtering import PassRate, summary
 from course_utils.lora import apply_lora
 from course_utils.model import load_model, model_mesh
 from course_utils.plots import plot_signal_curves
@@ -98,6 +99,18 @@ def _restore(actor: Any, run: Path, stage: str) -> str:
     if step == 0:
         raise FileNotFoundError(f"no {stage} checkpoint in {run}")
     return f"{stage} step {step}"
+
+
+def pass_rate_gain(before: Sequence[PassRate], after: Sequence[PassRate], *, seed: int = 0,
+                   n_resamples: int = 2000) -> dict[str, float]:
+    """p̂ after − p̂ before on the same prompts, with evaluation's paired bootstrap over prompts."""
+    after_by = {r.question: r for r in after}
+    if missing := [b for b in before if b.question not in after_by]:
+        raise ValueError(f"{len(missing)} prompts measured before have no measurement after")
+    x = np.array([b.pass_rate for b in before], dtype=np.float64)
+    y = np.array([after_by[b.question].pass_rate for b in before], dtype=np.float64)
+    return {**paired_bootstrap(x, y, seed=seed, n_resamples=n_resamples),
+            "before": float(x.mean()) if len(x) else float("nan"), "after": float(y.mean()) if len(y) else float("nan")}
 
 
 def _gain_row(label: str, before: Sequence[Any], after: Sequence[Any] | None, seed: int) -> dict[str, Any]:
