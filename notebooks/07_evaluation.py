@@ -47,7 +47,7 @@ EVAL_EXAMPLES = None  # test problems per model; None = config.eval_examples (al
 SAMPLES_K = None  # k replies sampled per problem for pass@k / maj@k; None = config.eval_samples_k (1 = skip)
 SAMPLED_EXAMPLES = None  # problems that also get the k sampled replies; None = config.eval_sampled_examples
 MAX_NEW_TOKENS = None  # generation limit in tokens; None = config.max_generation_length
-REUSE_SAVED = True  # skip a model whose result under the same settings is already saved in the run directory
+REUSE_SAVED = True  # reuse a result (or greedy replies) saved in the run directory under the same settings
 SHOW_EXAMPLES = 3  # problems shown before/after
 BOOTSTRAP_SEED = 0  # seed of the bootstrap resampling (intervals are reproducible)
 
@@ -159,14 +159,11 @@ print("majority of ['18', '18.0', '20', None]:", ev.majority_answer(["18", "18.0
 # %%
 from course_utils.model import load_model
 
-settings = dict(k=SAMPLES_K, sampled_examples=SAMPLED_EXAMPLES, max_new_tokens=MAX_NEW_TOKENS)
+settings = dict(k=SAMPLES_K, sampled_examples=SAMPLED_EXAMPLES, max_new_tokens=MAX_NEW_TOKENS,
+                seed=BOOTSTRAP_SEED, run_dir=RUN_DIR if REUSE_SAVED else None)
 base = load_model(config)
 print(base.source)
-baseline = ev.reusable_result(RUN_DIR, "baseline", config, test, **settings) if REUSE_SAVED else None
-if baseline is None:
-    baseline = ev.evaluate_model(base, examples=test, config=config, name="baseline", seed=BOOTSTRAP_SEED,
-                                 run_dir=RUN_DIR, **settings)
-    ev.save_results([baseline], RUN_DIR)
+baseline = ev.evaluate_model(base, test, config, name="baseline", **settings)
 print({m: round(s["mean"], 3) for m, s in baseline.metrics.items()})
 
 # %% [markdown]
@@ -179,15 +176,9 @@ print({m: round(s["mean"], 3) for m, s in baseline.metrics.items()})
 # %%
 results = [baseline]
 for stage, found in checkpoints.items():
-    if found is None:
-        continue
-    result = ev.reusable_result(RUN_DIR, stage, config, test, checkpoint=found, **settings) if REUSE_SAVED else None
-    if result is None:
+    if found is not None:
         trained = ev.load_trained_model(config, found, base=base)
-        result = ev.evaluate_model(trained, examples=test, config=config, name=stage, checkpoint=found,
-                                   seed=BOOTSTRAP_SEED, run_dir=RUN_DIR, **settings)
-        ev.save_results([result], RUN_DIR)
-    results.append(result)
+        results.append(ev.evaluate_model(trained, test, config, name=stage, checkpoint=found, **settings))
 print("evaluated:", [r.name for r in results])
 
 # %% [markdown]
@@ -213,15 +204,25 @@ print("saved:", paths["json"], paths["markdown"])
 #
 # ## 8. Before and after
 #
-# Aggregates hide what changed. The problems below are the ones the last model fixed (or broke)
-# compared with the baseline, with both replies.
+# Aggregates hide what changed. The problems below are the ones the last model fixed first, then
+# those whose format it fixed, then the largest changes of reward, compared with the baseline,
+# with both replies (with the baseline alone: its first problems).
 
 # %%
-if len(results) > 1:
-    items = ev.before_after(results[0], results[-1], n=SHOW_EXAMPLES)
-    display(Markdown(ev.format_before_after(items, [results[0].name, results[-1].name])))
-else:
-    display(Markdown(ev.format_replies(baseline, SHOW_EXAMPLES)))
+shown = [results[0], results[-1]] if len(results) > 1 else results
+first, last = shown[0].rows, shown[-1].rows
+order = sorted(range(len(first)), key=lambda i: (first[i]["strict"] - last[i]["strict"],
+                                                 first[i]["format"] - last[i]["format"],
+                                                 -abs(last[i]["reward"] - first[i]["reward"])))
+text = []
+for i in order[:SHOW_EXAMPLES]:
+    text += [f"### Problem {i} (gold answer {first[i]['gold']})", first[i]["question"].strip(), ""]
+    for r in shown:
+        row, mark = r.rows[i], {True: "✓", False: "✗"}
+        text += [f"**{r.name}**: strict {mark[row['strict']]}, format {mark[row['format']]}, "
+                 f"reward {row['reward']:.3f}, {row['error']}",
+                 "    " + (row["response"][:400].replace("\n", "\n    ") or "(empty reply)"), ""]
+display(Markdown("\n".join(text)))
 
 # %% [markdown]
 # ## 9. Score distributions

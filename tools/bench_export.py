@@ -22,10 +22,10 @@ from flax import nnx
 from course_utils import export as ex
 from course_utils.config import TrainingConfig
 from course_utils.data import build_prompt
-from course_utils.evaluation import hardware_description
 from course_utils.generate import forward_logits
 from course_utils.lora import apply_lora
 from course_utils.model import load_model
+from tools.proof import hardware_description
 
 
 def main(argv: list[str] | None = None) -> int:

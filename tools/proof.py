@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -40,12 +42,7 @@ from course_utils import filtering, training
 from course_utils.checkpoints import restore_lora
 from course_utils.config import TrainingConfig
 from course_utils.data import load_splits
-from course_utils.evaluation import (
-    evaluate_or_reuse,
-    find_checkpoint,
-    hardware_description,
-    paired_bootstrap,
-)
+from course_utils.evaluation import evaluate_or_reuse, find_checkpoint, paired_bootstrap
 from course_utils.files import atomic_write
 from course_utils.filtering import PassRate, summary
 from course_utils.lora import apply_lora
@@ -54,6 +51,15 @@ from course_utils.plots import plot_signal_curves
 from course_utils.training import checkpoint_dir, latest_stage_checkpoint
 
 STAGES = ("sft", "filter", "grpo", "after", "control", "greedy")
+
+
+def hardware_description() -> str:
+    """e.g. "TPU v5 lite × 8" or "cpu × 1 (x86_64, 2 cores)", for proof and benchmark reports."""
+    devices = jax.devices()
+    text = f"{devices[0].device_kind} × {len(devices)}"
+    if devices[0].platform == "cpu":
+        text += f" ({platform.machine()}, {os.cpu_count()} cores)"
+    return text
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
