@@ -1,11 +1,8 @@
-"""LoRA adapters on Gemma 3 with qwix, and the trainable-parameter table (part 04).
+"""LoRA adapters on Gemma 3 with qwix, and the trainable-parameter count (part 04).
 
-`apply_lora(model, config)` puts rank-`r` adapters (scale α / r) on the attention projections
-(`q_einsum`, `kv_einsum`, `attn_vec_einsum`) and the MLP (`gate_proj`, `up_proj`, `down_proj`)
-of every layer. The returned model is a new module object that shares the base model's weight
-arrays (JAX arrays are immutable; nothing is copied), so the untouched base model serves as
-GRPO's reference model at no extra memory. LoRA's B matrices start at zero: at initialisation
-the LoRA model computes exactly what the base model computes.
+The LoRA model shares the base model's weight arrays (nothing is copied), so the untouched base
+serves as GRPO's reference model at no extra memory; B starts at zero, so at first it computes
+exactly what the base computes.
 """
 
 from __future__ import annotations
@@ -18,35 +15,30 @@ import qwix
 from flax import nnx
 from tunix.rl import reshard
 
-from course_utils.config import TrainingConfig
-from course_utils.memory import lora_parameter_count, weight_counts  # noqa: F401 (lora_parameter_count: part 04's name)
-from course_utils.model import tunix_model_config
-
 # Regular expression on module paths such as `layers/3/attn/q_einsum` (qwix matches it with re).
 LORA_TARGETS = ("q_einsum", "kv_einsum", "attn_vec_einsum", "gate_proj", "up_proj", "down_proj")
 LORA_MODULE_PATH = "|".join(f".*{name}" for name in LORA_TARGETS)
 
 
 def apply_lora(model: Any, config: Any, mesh: Any = None, seed: int | None = None) -> Any:
-    """The base model wrapped with qwix LoRA (rank `config.lora_rank`, alpha `config.lora_alpha`).
+    """The base model wrapped with qwix LoRA (rank `config.lora_rank`, alpha `config.lora_alpha`)
+    on the attention projections and the MLP of every layer (parts 04, 06).
 
-    `mesh` (default: the mesh the base weights live on, if any) places the new LoRA weights
-    with the model's sharding rules. `seed` (default `config.seed`) initialises the A matrices.
+    `mesh` (default: the base weights' mesh, if any) places the new LoRA weights with the model's
+    sharding rules; `seed` (default `config.seed`) initialises the A matrices.
     """
     if getattr(type(model), "_unquantized_type", None) is not None:
         raise ValueError("this model already has LoRA adapters: pass the base model to apply_lora.")
     provider = qwix.LoraProvider(module_path=LORA_MODULE_PATH, rank=config.lora_rank, alpha=float(config.lora_alpha))
-    inputs = model.get_model_input()
-    lora_model = qwix.apply_lora_to_model(
-        model, provider, rngs=nnx.Rngs(config.seed if seed is None else seed), **inputs
-    )
+    rngs = nnx.Rngs(config.seed if seed is None else seed)
+    lora_model = qwix.apply_lora_to_model(model, provider, rngs=rngs, **model.get_model_input())
     missing = [name for name in LORA_TARGETS if not any(name in _path(p) for p, _ in _lora_leaves(lora_model))]
     if missing:
         raise RuntimeError(f"LoRA found no module named {missing}: is this a Gemma 3 model?")
-    mesh = mesh if mesh is not None else _mesh_of(model)
-    if mesh is not None:
-        lora_model = reshard.reshard_model_to_mesh(lora_model, mesh)
-    return lora_model
+    if mesh is None:
+        shardings = [getattr(x, "sharding", None) for x in jax.tree.leaves(nnx.state(model))]
+        mesh = next((s.mesh for s in shardings if isinstance(s, jax.sharding.NamedSharding)), None)
+    return reshard.reshard_model_to_mesh(lora_model, mesh) if mesh is not None else lora_model
 
 
 def _path(path: tuple) -> str:
@@ -55,14 +47,6 @@ def _path(path: tuple) -> str:
 
 def _lora_leaves(model: Any) -> list[tuple[tuple, Any]]:
     return jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.LoRAParam))
-
-
-def _mesh_of(model: Any) -> Any:
-    for leaf in jax.tree.leaves(nnx.state(model, frozen_filter())):
-        sharding = getattr(leaf, "sharding", None)
-        if isinstance(sharding, jax.sharding.NamedSharding):
-            return sharding.mesh
-    return None
 
 
 def frozen_filter() -> Any:
@@ -76,60 +60,18 @@ def lora_state(model: Any) -> Any:
 
 
 def parameter_counts(base: Any, lora: Any) -> dict[str, Any]:
-    """Trainable (LoRA) vs total parameters of a LoRA model built from `base`.
-
-    Returns {"base": frozen base scalars, "lora": trainable scalars, "total": both,
-    "trainable_percent": 100 * lora / total, "lora_by_target": {q_einsum: ..., ...},
-    "shares_base_weights": whether the LoRA model reuses the base's arrays}.
-    """
-    base_state = nnx.state(base, frozen_filter())
-    base_count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(base_state)))
+    """Frozen "base", trainable "lora" and "total" scalars of a LoRA model built from `base`, its
+    "trainable_percent", "lora_by_target" {q_einsum: ...} and "shares_base_weights" (part 04)."""
+    base_leaves = jax.tree.leaves(nnx.state(base, frozen_filter()))
     by_target = dict.fromkeys(LORA_TARGETS, 0)
-    lora_count = 0
     for path, leaf in _lora_leaves(lora):
-        size = int(np.prod(leaf.shape))
-        lora_count += size
-        name = next((t for t in sorted(LORA_TARGETS, key=len, reverse=True) if t in _path(path)), None)
-        if name:
-            by_target[name] += size
-    base_leaves = jax.tree.leaves(base_state)
+        name = next(t for t in sorted(LORA_TARGETS, key=len, reverse=True) if t in _path(path))
+        by_target[name] += int(np.prod(leaf.shape))
     lora_base_leaves = jax.tree.leaves(nnx.state(lora, frozen_filter()))
-    shared = len(base_leaves) == len(lora_base_leaves) and all(
-        a is b for a, b in zip(base_leaves, lora_base_leaves)
-    )
+    shared = len(base_leaves) == len(lora_base_leaves)
+    shared = shared and all(a is b for a, b in zip(base_leaves, lora_base_leaves))
+    base_count = int(sum(np.prod(x.shape) for x in base_leaves))
+    lora_count = sum(by_target.values())
     total = base_count + lora_count
-    return {
-        "base": base_count,
-        "lora": lora_count,
-        "total": total,
-        "trainable_percent": 100.0 * lora_count / total if total else 0.0,
-        "lora_by_target": by_target,
-        "shares_base_weights": shared,
-    }
-
-
-def format_parameter_table(counts: dict[str, Any], title: str = "") -> str:
-    """The parameter counts as a small text table for the notebook."""
-    lines = [title] if title else []
-    lines.append(f"{'part':<28}{'parameters':>16}")
-    lines.append(f"{'base model (frozen)':<28}{counts['base']:>16,}")
-    for name, size in counts["lora_by_target"].items():
-        lines.append(f"{'  LoRA on ' + name:<28}{size:>16,}")
-    lines.append(f"{'LoRA (trainable)':<28}{counts['lora']:>16,}")
-    lines.append(f"{'total':<28}{counts['total']:>16,}")
-    lines.append(f"{'trainable share':<28}{counts['trainable_percent']:>15.3f}%")
-    return "\n".join(lines)
-
-
-def parameter_counts_by_profile(profiles: tuple[str, ...] = ("smoke", "cpu", "tpu")) -> list[dict[str, Any]]:
-    """Trainable vs total parameters for each profile's model and LoRA rank, from shapes alone
-    (nothing is loaded): rows {profile, model, rank, lora, total, trainable_percent}."""
-    rows = []
-    for name in profiles:
-        config = TrainingConfig.for_profile(name)
-        model_config = tunix_model_config(config)
-        lora = sum(lora_parameter_count(model_config, config.lora_rank).values())
-        total = weight_counts(model_config)[0] + lora
-        rows.append({"profile": name, "model": config.model, "rank": config.lora_rank, "lora": lora,
-                     "total": total, "trainable_percent": 100.0 * lora / total})
-    return rows
+    return {"base": base_count, "lora": lora_count, "total": total, "lora_by_target": by_target,
+            "trainable_percent": 100.0 * lora_count / total, "shares_base_weights": shared}

@@ -112,12 +112,20 @@ print(loaded.source)
 # The vocabulary of 262,144 pieces makes the embedding a large share of the small models.
 
 # %%
-from course_utils.model import architecture, count_parameters
+from tunix.models.gemma3.model import GEMMA3_ATTENTION_PATTERN, AttentionType
 
-for key, value in architecture(model_config).items():
-    print(f"{key:>24}: {value}")
-embedding = model_config.num_embed * model_config.embed_dim
-print(f"{'parameters':>24}: {count_parameters(model):,} ({100 * embedding / count_parameters(model):.0f} % embedding)")
+from course_utils.model import count_parameters
+
+c = model_config
+kinds = [GEMMA3_ATTENTION_PATTERN[i % len(GEMMA3_ATTENTION_PATTERN)] for i in range(c.num_layers)]
+print(f"{c.num_layers} layers: " + "".join("G" if k == AttentionType.GLOBAL else "L" for k in kinds)
+      + f" (L = local, a sliding window of {c.sliding_window_size} tokens; G = global)")
+print(f"width {c.embed_dim}, MLP width {c.hidden_dim}; {c.num_heads} query heads and "
+      f"{c.num_kv_heads} key/value head(s) of width {c.head_dim}")
+print(f"RoPE base {c.local_base_frequency:,} local, {c.global_base_frequency:,} global")
+embedding = c.num_embed * c.embed_dim
+print(f"vocabulary {c.num_embed:,}; {count_parameters(model):,} parameters "
+      f"({100 * embedding / count_parameters(model):.0f} % embedding), {c.param_dtype.__name__}")
 
 # %% [markdown]
 # ### The trimmed vocabulary (`vocab_trim`)
@@ -226,10 +234,14 @@ print("LoRA on modules matching", LORA_MODULE_PATH)
 import numpy as np
 
 from course_utils.generate import compiled_forward
-from course_utils.lora import format_parameter_table, parameter_counts
+from course_utils.lora import parameter_counts
 
 counts = parameter_counts(model, lora_model)
-print(format_parameter_table(counts, f"{config.model}, r={config.lora_rank}, α={config.lora_alpha}"))
+print(f"{config.model}, r={config.lora_rank}, α={config.lora_alpha}")
+print(f"{'base model (frozen)':<28}{counts['base']:>16,}")
+for name, size in counts["lora_by_target"].items():
+    print(f"{'  LoRA on ' + name:<28}{size:>16,}")
+print(f"{'LoRA (trainable)':<28}{counts['lora']:>16,} = {counts['trainable_percent']:.3f} %")
 print("LoRA shares the base weights:", counts["shares_base_weights"])
 with jax.set_mesh(mesh):
     probe = np.array([ids[:16]])
@@ -241,11 +253,17 @@ print(f"largest logit difference LoRA vs base at initialisation: {gap:.1e}")
 # model, the smaller the share LoRA trains.
 
 # %%
-from course_utils.lora import parameter_counts_by_profile
+from course_utils.config import TrainingConfig
+from course_utils.memory import lora_parameter_count, weight_counts
+from course_utils.model import tunix_model_config
 
-for row in parameter_counts_by_profile():
-    print(f"{row['profile']:>6} {row['model']:<13} r={row['rank']:<3} trainable {row['lora']:>10,} "
-          f"of {row['total']:>13,} = {row['trainable_percent']:.2f} %")
+for name in ("smoke", "cpu", "tpu"):
+    profile = TrainingConfig.for_profile(name)
+    shapes = tunix_model_config(profile)
+    lora = sum(lora_parameter_count(shapes, profile.lora_rank).values())
+    total = weight_counts(shapes)[0] + lora
+    print(f"{name:>6} {profile.model:<13} r={profile.lora_rank:<3} trainable {lora:>10,} "
+          f"of {total:>13,} = {100 * lora / total:.2f} %")
 
 # %% [markdown]
 # ## 8. Will it fit? Memory of one GRPO step

@@ -12,7 +12,8 @@
 # - merge LoRA into the base weights: W' = W + (α / r) · A·B;
 # - write a Hugging Face folder that `transformers` loads as a Gemma 3 causal LM, and check its
 #   logits against Tunix's on the same tokens;
-# - write a Tunix/Orbax LoRA checkpoint and prove it and the merged folder reload identically in Tunix;
+# - write a Tunix/Orbax LoRA checkpoint and prove that it and the merged folder reload in Tunix
+#   with the same logits;
 # - generate the model card and upload to Kaggle Models and the Hugging Face Hub.
 #
 # **Prerequisites**: part 06 (a trained checkpoint; without one the untrained LoRA model is
@@ -84,8 +85,9 @@ print("exporting:", found or "untrained LoRA model", "|", config.model, "| profi
 #
 # Each adapted weight W got two small matrices, A (inputs × r) and B (r × outputs), and the model
 # computed x·W + (α / r)·x·A·B. Since that is x·(W + (α / r)·A·B), the adapter folds into the
-# weight once and for all: a plain Gemma 3, no LoRA code needed to run it. We check the merged
-# model's logits against the LoRA model's on the course prompt.
+# weight once and for all: a plain Gemma 3, no LoRA code needed to run it. Here is the fold for
+# one adapted weight (qwix keeps A and B next to W as `kernel_lora_a`, `kernel_lora_b`); Tunix's
+# `save_lora_merged_model_as_safetensors` does it for every one when section 3 writes the folder.
 
 # %%
 import numpy as np
@@ -94,13 +96,15 @@ from course_utils.generate import forward_logits
 
 tokens = np.array([[2, *loaded.tokenizer.encode(build_prompt(CHECK_QUESTION))]], dtype=np.int32)
 lora_logits = np.asarray(forward_logits(loaded.model, tokens))
-merged = ex.merged_model(loaded.model, loaded.model_config, config=config)
-diff = np.abs(np.asarray(forward_logits(merged, tokens)) - lora_logits).max()
-print(f"rank r = {ex.lora_rank(loaded.model)}, α = {config.lora_alpha}; max |logit difference| merged vs LoRA: {diff:.2e}")
+gate = loaded.model.layers[0].mlp.gate_proj
+weights = (gate.kernel, gate.kernel_lora_a, gate.kernel_lora_b)
+W, A, B = (np.asarray(v[...], np.float32) for v in weights)
+alpha, r = config.lora_alpha, ex.lora_rank(loaded.model)
+merged_W = W + alpha / r * A @ B
+print(f"W {W.shape} + (α / r)·A{A.shape}·B{B.shape} with α = {alpha}, r = {r}: "
+      f"|W' − W| / |W| = {np.linalg.norm(merged_W - W) / np.linalg.norm(W):.2e}")
 
 # %% [markdown]
-# The difference is rounding only (the merged weight adds the update before multiplying).
-#
 # ## 2. The model card
 #
 # The card is the README of the exported model. Every number in it comes from part 07's
@@ -110,9 +114,12 @@ print(f"rank r = {ex.lora_rank(loaded.model)}, α = {config.lora_alpha}; max |lo
 # %%
 from IPython.display import Markdown, display
 
+from course_utils.env import get_secret
 from course_utils.model_card import build_model_card
 
-card = build_model_card(config, RUN_DIR, repo_id=ex.hf_repo_id(f"{MODEL_NAME}-{config.profile}"))
+hf_user = get_secret("HF_USERNAME")
+repo_id = f"{hf_user.reveal() if hf_user else '<your-hf-username>'}/{MODEL_NAME}-{config.profile}"
+card = build_model_card(config, RUN_DIR, repo_id=repo_id)
 if not ev.load_results(RUN_DIR):
     print("No part 07 results in the run directory yet: the card says the model is not evaluated.")
 display(Markdown(card.split("---", 2)[2][:3000]))
@@ -122,7 +129,8 @@ display(Markdown(card.split("---", 2)[2][:3000]))
 #
 # `export_all` writes two folders under `export/` in the run directory, each first under a
 # hidden temporary name and renamed when complete, so an interrupted export never leaves a
-# broken folder behind:
+# broken folder behind. For `hf/` it writes the base weights under Hugging Face's names, then
+# Tunix's `save_lora_merged_model_as_safetensors` folds in every LoRA pair:
 #
 # | folder | what | loads with |
 # |---|---|---|
@@ -131,11 +139,11 @@ display(Markdown(card.split("---", 2)[2][:3000]))
 
 # %%
 step = found.step if found else 0
-report = ex.export_all(loaded.model, loaded.tokenizer, loaded.model_config, config, RUN_DIR, step=step,
-                       dtype=EXPORT_DTYPE or config.param_dtype, model_card=card)
-print(report.summary())
-for name, size in report.files():
-    print(f"{size:>15,} B  {name}")
+folders = ex.export_all(loaded.model, loaded.tokenizer, loaded.model_config, config, RUN_DIR,
+                        step=step, dtype=EXPORT_DTYPE or config.param_dtype, model_card=card)
+for path in sorted((RUN_DIR / ex.EXPORT_DIR).rglob("*")):
+    if path.is_file():
+        print(f"{path.stat().st_size:>15,} B  {path.relative_to(RUN_DIR)}")
 
 # %% [markdown]
 # ## 4. Does `transformers` load it?
@@ -151,12 +159,12 @@ for name, size in report.files():
 
 # %%
 try:
-    hf_logits = ex.transformers_logits(report.folders["hf"], tokens)
+    hf_logits = ex.transformers_logits(folders["hf"], tokens)
     print(f"max |logit difference| transformers vs Tunix: {np.abs(hf_logits - lora_logits).max():.2e} "
           f"(logits up to {np.abs(lora_logits).max():.1f}); same argmax: {(hf_logits.argmax(-1) == lora_logits.argmax(-1)).mean():.0%}")
     from course_utils.data import SYSTEM_PROMPT
     chat = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": CHECK_QUESTION}]
-    print("transformers reply:", ex.transformers_generate(report.folders["hf"], chat, CHECK_TOKENS))
+    print("transformers reply:", ex.transformers_generate(folders["hf"], chat, CHECK_TOKENS))
 except ImportError as err:
     print(err)
 
@@ -165,18 +173,20 @@ except ImportError as err:
 #
 # The LoRA checkpoint goes back onto the base model wrapped in *new* LoRA layers (other random
 # A matrices, so a restore that silently did nothing would show); the merged `hf/` folder loads with Tunix's own
-# safetensors loader, `gemma3.params_safetensors.create_model_from_safe_tensors`. Both must reproduce the logits exactly.
+# safetensors loader, `gemma3.params_safetensors.create_model_from_safe_tensors`. The checkpoint
+# must reproduce the logits exactly, the merged folder up to rounding (W' adds the update before
+# multiplying).
 
 # %%
 fresh = apply_lora(base.model, config, seed=config.seed + 1)
-if "tunix_lora" in report.folders:
-    ex.load_tunix_lora(fresh, report.folders["tunix_lora"])
+if "tunix_lora" in folders:
+    ex.load_tunix_lora(fresh, folders["tunix_lora"])
     print("LoRA checkpoint:   max |Δ logits| =", np.abs(np.asarray(forward_logits(fresh, tokens)) - lora_logits).max())
 from course_utils.model import load_checkpoint_dir
 
-reloaded = load_checkpoint_dir(report.folders["hf"], loaded.model_config, dtype=loaded.model_config.param_dtype)
-merged_logits = np.asarray(forward_logits(merged, tokens))
-print("hf/ in Tunix:      max |Δ logits| =", np.abs(np.asarray(forward_logits(reloaded.model, tokens)) - merged_logits).max())
+reloaded = load_checkpoint_dir(folders["hf"], loaded.model_config, dtype=loaded.model_config.param_dtype)
+hf_in_tunix = np.asarray(forward_logits(reloaded.model, tokens))
+print("hf/ in Tunix:      max |Δ logits| =", np.abs(hf_in_tunix - lora_logits).max())
 
 # %% [markdown]
 # To restore the LoRA checkpoint in your own Tunix code (the snippet the Kaggle Tunix community
@@ -184,31 +194,41 @@ print("hf/ in Tunix:      max |Δ logits| =", np.abs(np.asarray(forward_logits(r
 # then `ocp.StandardCheckpointer().restore(f"{path}/{step}/model_params", target=abstract)` with
 # `abstract` the shapes of `nnx.state(lora_model, nnx.LoRAParam)`, and `nnx.update` the model.
 #
-# ## 6. Upload to Kaggle Models
+# ## 6. Upload to Kaggle Models and the Hugging Face Hub
 #
-# `kagglehub.model_upload` creates the model (private) if needed and adds a version. The handle is
-# `owner/model/framework/variation`: the Hugging Face folder goes up as framework `transformers`,
-# the Tunix checkpoints as `flax`. Credentials are the `KAGGLE_USERNAME` and `KAGGLE_KEY` secrets
-# (Add-ons → Secrets on Kaggle). With `UPLOAD = False`, or without them, this is a dry run.
+# `kagglehub.model_upload` creates the Kaggle Model (private) if needed and adds a version; the
+# handle is `owner/model/framework/variation`: `hf/` goes up as framework `transformers`, the
+# Tunix checkpoint as `flax`. Credentials are the `KAGGLE_USERNAME` and `KAGGLE_KEY` secrets
+# (Add-ons → Secrets on Kaggle). For the Hub, `HF_TOKEN` must be a *write* token (huggingface.co →
+# Settings → Access Tokens); the repository is created private unless `HF_PRIVATE = False`, and
+# the card's metadata sets the licence to `gemma`. Tokens go to the clients, never to the output.
+# With `UPLOAD = False`, or without credentials, the cell only says what would go where.
 
 # %%
-variation = f"{config.model}-{config.profile}"
-notes = f"course part 08: {found or 'untrained'}; profile {config.profile}; config {config.fingerprint()}"
-for folder, framework in ((report.folders["hf"], "transformers"), (report.root / "tunix", "flax")):
-    handle = ex.kaggle_handle(MODEL_NAME, variation, framework=framework)
-    print(ex.upload_to_kaggle(folder, handle, version_notes=notes, dry_run=None if UPLOAD else True), "\n")
+from course_utils.model import kaggle_credentials
 
-# %% [markdown]
-# ## 7. Upload to the Hugging Face Hub
-#
-# The `HF_TOKEN` secret must be a *write* token (huggingface.co → Settings → Access Tokens), and
-# `HF_USERNAME` names your account. The repository is created private unless `HF_PRIVATE = False`;
-# the card's metadata sets the licence to `gemma`. The token goes to `huggingface_hub` directly and
-# is never printed.
+notes = f"course part 08: {found or 'untrained'}; profile {config.profile}; {config.fingerprint()}"
+kaggle_ok = kaggle_credentials() and bool(os.environ.get("KAGGLE_USERNAME"))
+owner = os.environ.get("KAGGLE_USERNAME") or "<your-kaggle-username>"
+hf_token = get_secret("HF_TOKEN")
+for form, folder in folders.items():
+    framework = {"hf": "transformers", "tunix_lora": "flax"}[form]
+    handle = f"{owner}/{MODEL_NAME}/{framework}/{config.model}-{config.profile}"
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    doing = "uploading" if UPLOAD and kaggle_ok else "dry run: would upload"
+    print(f"{doing} {folder} ({size:,} B) to Kaggle Models {handle}")
+    if UPLOAD and kaggle_ok:
+        import kagglehub
 
-# %%
-repo_id = ex.hf_repo_id(f"{MODEL_NAME}-{config.profile}")
-print(ex.upload_to_huggingface(report.folders["hf"], repo_id, private=HF_PRIVATE, dry_run=None if UPLOAD else True))
+        kagglehub.model_upload(handle, str(folder), license_name="Gemma", version_notes=notes)
+doing = "uploading" if UPLOAD and hf_token and hf_user else "dry run: would upload"
+print(f"{doing} {folders['hf']} to https://huggingface.co/{repo_id}, private: {HF_PRIVATE}")
+if UPLOAD and hf_token and hf_user:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=hf_token.reveal())
+    api.create_repo(repo_id, private=HF_PRIVATE, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folders["hf"]), commit_message=notes)
 
 # %% [markdown]
 # ## Troubleshooting
@@ -249,7 +269,7 @@ print(ex.upload_to_huggingface(report.folders["hf"], repo_id, private=HF_PRIVATE
 # - `export/hf` loads in `transformers` as `Gemma3ForCausalLM` with the same logits as Tunix, its
 #   tokenizer adds BOS and its generation stops at `<end_of_turn>`.
 # - `export/tunix/lora` is Tunix's own checkpoint layout; `export/hf` also loads in Tunix
-#   (its safetensors loader). Both reload with identical logits.
+#   (its safetensors loader). The LoRA checkpoint reloads with identical logits, `hf/` to rounding.
 # - The model card is generated from part 07's results; Gemma's terms apply to every copy.
 # - Uploads run only with credentials and `UPLOAD = True`; otherwise they list what would go.
 #

@@ -117,6 +117,7 @@ def kaggle_flax_layout(loaded, mesh, folder: Path) -> dict:
     (`transformer/layer_0/attn/kv_einsum` w (2, KV heads, width, head width), ...).
     """
     import flax
+    from flax import nnx
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
@@ -127,9 +128,14 @@ def kaggle_flax_layout(loaded, mesh, folder: Path) -> dict:
 
     from test_model import _upstream_params  # Kaggle's layout, as the loader tests build it
 
-    written = {k: np.asarray(v) for k, v in ex.base_params(loaded.model).items()}
+    def weights(model):  # {(path...): array} of the base weights, layer indices as ints
+        state = nnx.to_pure_dict(nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))))
+        return {tuple(int(k) if str(k).isdigit() else k for k in p): v
+                for p, v in flax.traverse_util.flatten_dict(state).items()}
+
+    written = {k: np.asarray(v) for k, v in weights(loaded.model).items()}
     tree = _upstream_params(loaded.model)
-    back = {tuple(ex._norm_key(k) for k in p): v
+    back = {tuple(int(k) if str(k).isdigit() else k for k in p): v
             for p, v in flax.traverse_util.flatten_dict(params_lib.map_from_upstream_checkpoint(tree)).items()}
     assert set(back) == set(written), sorted(set(back) ^ set(written))[:5]
     assert all(np.array_equal(back[k], written[k]) for k in written)
@@ -160,7 +166,7 @@ def kaggle_flax_layout(loaded, mesh, folder: Path) -> dict:
     checkpointer.close()
     (folder / "tokenizer.model").write_bytes(ex.sentencepiece_bytes(loaded.tokenizer))
     placed = load_checkpoint_dir(folder, loaded.model_config, mesh=mesh, dtype=loaded.model_config.param_dtype)
-    got = {k: v for k, v in ex.base_params(placed.model).items()}
+    got = weights(placed.model)
     assert set(got) == set(written)
     mismatched = [".".join(map(str, k)) for k in written if not np.array_equal(np.asarray(got[k]), written[k])]
     devices = {len(v.sharding.device_set) for v in got.values()}
@@ -219,21 +225,21 @@ def check(run: Path) -> dict:
                              "greedy_replies": [r["response"] for r in result.rows],
                              "settings": {k: result.settings[k] for k in ("examples", "k", "sampled_examples")}}
         lap("evaluation")
-        report = ex.export_all(trained.model, trained.tokenizer, trained.model_config, config, run,
-                               step=found.step, dtype="float32")
-        out["exports"] = {name: str(path.relative_to(run)) for name, path in report.folders.items()}
+        folders = ex.export_all(trained.model, trained.tokenizer, trained.model_config, config, run,
+                                step=found.step, dtype="float32")
+        out["exports"] = {name: str(path.relative_to(run)) for name, path in folders.items()}
         lap("exports")
-        merged = load_checkpoint_dir(report.folders[ex.HF_DIR], trained.model_config, mesh,
+        merged = load_checkpoint_dir(folders[ex.HF_DIR], trained.model_config, mesh,
                                      dtype=trained.model_config.param_dtype)
         arrays["tunix_hf_logits"] = np.asarray(forward_logits(merged.model, tokens))
-        arrays["hf_logits"] = ex.transformers_logits(report.folders[ex.HF_DIR], tokens)
+        arrays["hf_logits"] = ex.transformers_logits(folders[ex.HF_DIR], tokens)
         out["kaggle_flax"] = kaggle_flax_layout(base, mesh, run / "kaggle_flax")
         # The adapter export into the trained model's own LoRA layers, wiped first (no second
         # LoRA wrapping: qwix traces the whole model for it).
         lora = nnx.state(trained.model, nnx.LoRAParam)
         nnx.update(trained.model, jax.tree.map(jax.numpy.zeros_like, lora))
         arrays["wiped_lora_logits"] = np.asarray(forward_logits(trained.model, tokens))
-        ex.load_tunix_lora(trained.model, report.folders[ex.TUNIX_LORA_DIR])
+        ex.load_tunix_lora(trained.model, folders[ex.TUNIX_LORA_DIR])
         arrays["tunix_lora_logits"] = np.asarray(forward_logits(trained.model, tokens))
         lap("exports loaded back (hf/ in tunix and transformers, tunix LoRA) + kaggle flax layout")
     np.savez(folder / f"{n}.npz", **arrays)

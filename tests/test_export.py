@@ -1,4 +1,4 @@
-"""Export round trips (part 08): LoRA merge, Hugging Face folder, Tunix/Orbax checkpoints, uploads.
+"""Export round trips (part 08): merged Hugging Face folder, Tunix/Orbax LoRA checkpoint, model card.
 
 The tiny smoke model covers every code path in seconds; the real Gemma 3 270M (cpu profile)
 proves the transformers round trip at full size. The transformers checks need PyTorch's CPU
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +53,9 @@ def tiny_export(tiny, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("run")
     t = tiny
-    report = ex.export_all(t["lora"], t["loaded"].tokenizer, t["loaded"].model_config, t["config"], run_dir, step=7)
+    folders = ex.export_all(t["lora"], t["loaded"].tokenizer, t["loaded"].model_config, t["config"], run_dir, step=7)
     logits = np.asarray(forward_logits(t["lora"], t["tokens"]))
-    return {"report": report, "run_dir": run_dir, "logits": logits}
+    return {"folders": folders, "run_dir": run_dir, "logits": logits}
 
 
 def _logits(model, tokens):
@@ -65,43 +64,13 @@ def _logits(model, tokens):
     return np.asarray(forward_logits(model, tokens))
 
 
-def test_merged_model_computes_what_the_lora_model_computes(tiny, tiny_export):
-    merged = ex.merged_model(tiny["lora"], tiny["loaded"].model_config, config=tiny["config"])
-    base = _logits(tiny["loaded"].model, tiny["tokens"])
-    lora = tiny_export["logits"]
-    assert np.abs(base - lora).max() > 1e-2  # the LoRA update matters, so a wrong merge would show
-    assert np.abs(_logits(merged, tiny["tokens"]) - lora).max() < 1e-5
-
-
-def test_merge_needs_alpha_and_the_right_rank(tiny):
-    with pytest.raises(ValueError, match="alpha"):
-        ex.merge_lora(tiny["lora"])
-    other = TrainingConfig.for_profile("smoke", lora_rank=tiny["config"].lora_rank + 1)
-    with pytest.raises(ValueError, match="rank"):
-        ex.merge_lora(tiny["lora"], config=other)
-
-
-def test_merge_agrees_with_tunix_own_merged_safetensors(tiny, tmp_path):
-    """Tunix's save_lora_merged_model_as_safetensors (which needs an HF base folder) gives the same tensors."""
-    from safetensors.numpy import load_file
-    from tunix.models.gemma3 import params as gemma_params
-
-    loaded, config = tiny["loaded"], tiny["config"]
-    base_dir = ex.save_hf(ex.base_params(loaded.model), loaded.tokenizer, loaded.model_config, tmp_path / "base")
-    gemma_params.save_lora_merged_model_as_safetensors(str(base_dir), str(tmp_path / "tunix"), tiny["lora"],
-                                                        rank=config.lora_rank, alpha=config.lora_alpha)
-    theirs = load_file(str(tmp_path / "tunix" / "model.safetensors"))
-    ours = ex.hf_state_dict(ex.merge_lora(tiny["lora"], config=config), loaded.model_config)
-    assert set(theirs) == set(ours)
-    worst = max(float(np.abs(theirs[k] - ours[k]).max()) for k in ours)
-    assert worst < 1e-6
-
-
-def test_hf_folder_has_every_file_and_reloads_in_tunix_exactly(tiny, tiny_export):
+def test_hf_folder_has_every_file_and_computes_what_the_lora_model_computes(tiny, tiny_export):
+    """The hf/ folder (LoRA merged by Tunix) through Tunix's own safetensors loader."""
     import jax.numpy as jnp
-    from tunix.models.gemma3 import params_safetensors
 
-    hf = tiny_export["report"].folders["hf"]
+    from course_utils.model import load_checkpoint_dir
+
+    hf = tiny_export["folders"]["hf"]
     names = {p.name for p in hf.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.model",
             "tokenizer_config.json", "special_tokens_map.json"} <= names
@@ -109,18 +78,41 @@ def test_hf_folder_has_every_file_and_reloads_in_tunix_exactly(tiny, tiny_export
     assert config["model_type"] == "gemma3_text" and config["architectures"] == ["Gemma3ForCausalLM"]
     assert json.loads((hf / "generation_config.json").read_text())["eos_token_id"] == [1, 106]
     assert json.loads((hf / "tokenizer_config.json").read_text())["add_bos_token"] is True
-    leftovers = [p for p in tiny_export["report"].root.rglob(".*")]
+    leftovers = [p for p in tiny_export["run_dir"].rglob(".*")]
     assert not leftovers  # no staging folders left behind
-    model = params_safetensors.create_model_from_safe_tensors(str(hf), tiny["loaded"].model_config, None,
-                                                              dtype=jnp.float32)
-    merged = _logits(ex.merged_model(tiny["lora"], tiny["loaded"].model_config, config=tiny["config"]), tiny["tokens"])
-    assert np.array_equal(_logits(model, tiny["tokens"]), merged)
+    reloaded = load_checkpoint_dir(hf, tiny["loaded"].model_config, dtype=jnp.float32)
+    assert reloaded.source.startswith("safetensors")
+    base = _logits(tiny["loaded"].model, tiny["tokens"])
+    lora = tiny_export["logits"]
+    assert np.abs(base - lora).max() > 1e-2  # the LoRA update matters, so a wrong merge would show
+    assert np.abs(_logits(reloaded.model, tiny["tokens"]) - lora).max() < 1e-5
+
+
+def test_base_export_is_the_inverse_of_tunix_loader(tiny, tmp_path):
+    """A model without LoRA: hf_state_dict's names and layouts load back into exactly the same model."""
+    import jax.numpy as jnp
+
+    from course_utils.model import load_checkpoint_dir
+
+    loaded = tiny["loaded"]
+    folder = ex.save_hf(loaded.model, loaded.tokenizer, loaded.model_config, tmp_path / "base")
+    reloaded = load_checkpoint_dir(folder, loaded.model_config, dtype=jnp.float32)
+    assert np.array_equal(_logits(reloaded.model, tiny["tokens"]), _logits(loaded.model, tiny["tokens"]))
+
+
+def test_export_needs_the_runs_lora_rank(tiny, tmp_path):
+    loaded = tiny["loaded"]
+    other = TrainingConfig.for_profile("smoke", lora_rank=tiny["config"].lora_rank + 1)
+    for config in (None, other):
+        with pytest.raises(ValueError, match="rank"):
+            ex.save_hf(tiny["lora"], loaded.tokenizer, loaded.model_config, tmp_path / "hf", config=config)
+    assert not (tmp_path / "hf").exists()
 
 
 def test_tunix_lora_checkpoint_has_tunix_layout_and_reloads_identically(tiny, tiny_export):
     from course_utils.lora import apply_lora
 
-    folder = tiny_export["report"].folders["tunix_lora"]
+    folder = tiny_export["folders"]["tunix_lora"]
     assert (folder / "7" / "model_params").is_dir()
     adapter = json.loads((folder / "adapter_config.json").read_text())
     assert adapter["rank"] == tiny["config"].lora_rank and adapter["alpha"] == tiny["config"].lora_alpha
@@ -128,19 +120,6 @@ def test_tunix_lora_checkpoint_has_tunix_layout_and_reloads_identically(tiny, ti
     assert np.abs(_logits(fresh, tiny["tokens"]) - tiny_export["logits"]).max() > 1e-2
     ex.load_tunix_lora(fresh, folder)
     assert np.array_equal(_logits(fresh, tiny["tokens"]), tiny_export["logits"])
-
-
-def test_hf_folder_loads_with_tunix_safetensors_loader(tiny, tiny_export):
-    """The merged model in Tunix: the hf/ folder through Tunix's own safetensors loader (the
-    course's load_checkpoint_dir) computes exactly what the merged model computes."""
-    import jax.numpy as jnp
-
-    from course_utils.model import load_checkpoint_dir
-
-    reloaded = load_checkpoint_dir(tiny_export["report"].folders["hf"], tiny["loaded"].model_config, dtype=jnp.float32)
-    assert reloaded.source.startswith("safetensors")
-    merged = _logits(ex.merged_model(tiny["lora"], tiny["loaded"].model_config, config=tiny["config"]), tiny["tokens"])
-    assert np.array_equal(_logits(reloaded.model, tiny["tokens"]), merged)
 
 
 def test_hf_config_follows_the_tunix_model_config():
@@ -160,7 +139,7 @@ def test_staged_write_keeps_the_old_folder_when_writing_fails(tmp_path):
     target.mkdir()
     (target / "model.safetensors").write_text("old")
     with pytest.raises(RuntimeError):
-        with ex._staged_dir(target) as tmp:
+        with ex.staged_dir(target) as tmp:
             (tmp / "model.safetensors").write_text("half")
             raise RuntimeError("killed")
     assert (target / "model.safetensors").read_text() == "old"
@@ -170,87 +149,6 @@ def test_staged_write_keeps_the_old_folder_when_writing_fails(tmp_path):
 def test_sentencepiece_bytes_rejects_non_sentencepiece_tokenizers():
     with pytest.raises(ValueError, match="SentencePiece"):
         ex.sentencepiece_bytes(object())
-
-
-# --- uploads --------------------------------------------------------------------------------------
-
-CREDENTIALS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "HF_TOKEN", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE")
-
-
-@pytest.fixture
-def no_credentials(monkeypatch):
-    for name in CREDENTIALS:
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def upload_folder(tmp_path):
-    folder = tmp_path / "hf"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"x" * 1000)
-    (folder / "config.json").write_text("{}")
-    (folder / "sub" / "tokenizer.model").write_bytes(b"y" * 10)
-    (folder / ".hidden.tmp").write_text("never uploaded")
-    return folder
-
-
-def test_dry_runs_list_exactly_the_files_and_sizes(no_credentials, upload_folder):
-    kaggle = ex.upload_to_kaggle(upload_folder, "someone/gemma3-grpo/transformers/270m")
-    hub = ex.upload_to_huggingface(upload_folder, "someone/gemma3-grpo")
-    expected = [("config.json", 2), ("model.safetensors", 1000), ("sub/tokenizer.model", 10)]
-    for result in (kaggle, hub):
-        assert result.dry_run and result.files == expected
-        text = str(result)
-        assert "DRY RUN" in text and "1,000 B  model.safetensors" in text and ".hidden" not in text
-    assert "no HF_TOKEN" in hub.reason and "KAGGLE" in kaggle.reason
-
-
-def test_kaggle_handle_without_username_is_a_dry_run(no_credentials, upload_folder):
-    handle = ex.kaggle_handle("gemma3-grpo", "270m")
-    assert handle.startswith("<your-kaggle-username>/")
-    assert ex.upload_to_kaggle(upload_folder, handle).dry_run
-    with pytest.raises(ValueError):
-        ex.upload_to_kaggle(upload_folder, handle, dry_run=False)
-
-
-def test_uploads_with_credentials_call_the_clients_and_never_show_tokens(no_credentials, upload_folder, monkeypatch,
-                                                                          capsys):
-    import types
-
-    secret = "s3cr3t-token-value"
-    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
-    monkeypatch.setenv("KAGGLE_KEY", secret)
-    monkeypatch.setenv("HF_TOKEN", secret)
-    calls = {}
-    fake_kagglehub = types.SimpleNamespace(model_upload=lambda handle, folder, **kw: calls.setdefault("kaggle", (handle, folder, kw)))
-
-    class FakeApi:
-        def __init__(self, token):
-            calls["hf_token_ok"] = token == secret
-
-        def create_repo(self, repo_id, **kw):
-            calls["create"] = (repo_id, kw)
-
-        def upload_folder(self, **kw):
-            calls["hf"] = kw
-
-    monkeypatch.setitem(sys.modules, "kagglehub", fake_kagglehub)
-    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=FakeApi))
-    dry = ex.upload_to_kaggle(upload_folder, "someone/m/transformers/v", dry_run=True)
-    assert dry.dry_run and "kaggle" not in calls
-    result = ex.upload_to_kaggle(upload_folder, ex.kaggle_handle("m", "v"), version_notes="v1")
-    assert not result.dry_run and calls["kaggle"][0] == "someone/m/transformers/v"
-    assert calls["kaggle"][2]["license_name"] == "Gemma"
-    hub = ex.upload_to_huggingface(upload_folder, "someone/m")
-    assert not hub.dry_run and calls["hf_token_ok"] and calls["create"][1]["private"] is True
-    assert calls["hf"]["repo_id"] == "someone/m"
-    shown = capsys.readouterr().out + str(result) + str(hub) + str(dry) + repr(result)
-    assert secret not in shown
-
-
-def test_upload_of_a_missing_folder_says_to_export_first(tmp_path):
-    with pytest.raises(FileNotFoundError, match="export"):
-        ex.upload_plan(tmp_path / "nothing")
 
 
 def test_model_card_uses_saved_results_and_names_the_licence(tiny, tmp_path):
@@ -279,7 +177,7 @@ def test_transformers_loads_the_tiny_export_with_matching_logits_and_tokenizer(t
 
     from course_utils.data import SYSTEM_PROMPT, build_prompt
 
-    hf = tiny_export["report"].folders["hf"]
+    hf = tiny_export["folders"]["hf"]
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     assert type(model).__name__ == "Gemma3ForCausalLM"
     with torch.no_grad():
@@ -318,9 +216,9 @@ def test_real_gemma3_270m_export_loads_in_transformers_with_the_same_logits(tmp_
     text = "The capital of France is Paris. Natalia sold clips to 48 of her friends in April."
     tokens = np.array([[2] + list(loaded.tokenizer.encode(text))], dtype=np.int32)
     expected = _logits(lora_model, tokens)
-    report = ex.export_all(lora_model, loaded.tokenizer, loaded.model_config, config, tmp_path, forms=("hf",))
+    hf = ex.save_hf(lora_model, loaded.tokenizer, loaded.model_config, tmp_path / "hf", config=config)
     del lora_model
-    model = AutoModelForCausalLM.from_pretrained(report.folders["hf"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     with torch.no_grad():
         logits = model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
     # measured here: max |Δ| ≈ 6e-5 on logits of size ≈ 30 (float32, different kernels)
@@ -331,7 +229,7 @@ def test_real_gemma3_270m_export_loads_in_transformers_with_the_same_logits(tmp_
 
     from course_utils.data import build_prompt, load_gsm8k
 
-    tokenizer = AutoTokenizer.from_pretrained(report.folders["hf"])
+    tokenizer = AutoTokenizer.from_pretrained(hf)
     texts = [build_prompt(e.question) for e in load_gsm8k("test", source="synthetic", limit=20, verbose=False)]
     texts += ["  spaces   and\n\ttabs", "1234567 + 89.5 = $1,234.00", "naïve café 日本語 😀",
               "<reasoning>x</reasoning><answer>5</answer><end_of_turn>"]

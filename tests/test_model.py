@@ -19,12 +19,10 @@ from course_utils.config import TrainingConfig
 from course_utils.model import (
     LoadedModel,
     ModelAccessError,
-    architecture,
     cache_dir,
     converted_checkpoint,
     count_parameters,
     load_checkpoint_dir,
-    load_gguf_model,
     load_model,
     perplexity,
 )
@@ -120,9 +118,8 @@ def test_check_tokenizer_catches_the_minus_one_bos_and_split_chat_tokens(cpu_loa
 # --- the real 270M --------------------------------------------------------------------------------------
 def test_cpu_model_is_gemma3_270m(cpu_loaded):
     assert isinstance(cpu_loaded, LoadedModel)
-    arch = architecture(cpu_loaded.model_config)
-    assert arch["layers"] == 18 and arch["vocabulary"] == 262144 and arch["embedding width"] == 640
-    assert arch["attention pattern"] == "LLLLLG" * 3 and arch["global layers"] == [5, 11, 17]
+    c = cpu_loaded.model_config
+    assert (c.num_layers, c.num_embed, c.embed_dim) == (18, 262144, 640)
     assert 260e6 < count_parameters(cpu_loaded.model) < 275e6
     assert "GGUF" in cpu_loaded.source and cpu_loaded.checkpoint_dir is not None
     manifest = json.loads((cpu_loaded.checkpoint_dir / "manifest.json").read_text())
@@ -240,29 +237,30 @@ def test_gguf_conversion_is_exact_cached_and_invalidated(tiny_loaded, tmp_path, 
     gguf_path = tmp_path / "tiny-gemma3.gguf"
     _write_gguf(gguf_path, tiny_loaded)
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
+    c = tiny_loaded.model_config
 
-    first = load_gguf_model(gguf_path)
-    assert "converted now" in first.source
+    def load():  # the cpu profile's path, for this GGUF; Kaggle's transformers variant loads the same way
+        folder, reused = converted_checkpoint(gguf_path, c)
+        return load_checkpoint_dir(folder, c, dtype=jnp.float32), reused
+
+    first, reused = load()
+    assert not reused and first.source.startswith("safetensors")
     _assert_same_params(first.model, tiny_loaded.model)  # names, layouts and the -1 on norms
     assert first.tokenizer.encode("Hello <end_of_turn>") == tiny_loaded.tokenizer.encode("Hello <end_of_turn>")
+    assert json.loads((first.checkpoint_dir / "generation_config.json").read_text())["eos_token_id"] == [1, 106]
 
-    second = load_gguf_model(gguf_path)
-    assert "reused conversion" in second.source and second.checkpoint_dir == first.checkpoint_dir
+    second, reused = load()
+    assert reused and second.checkpoint_dir == first.checkpoint_dir
 
     os.utime(gguf_path, ns=(1, 1))  # touched but unchanged: same content hash, conversion reused
-    assert "reused conversion" in load_gguf_model(gguf_path).source
+    assert load()[1]
 
     _write_gguf(gguf_path, tiny_loaded, final_norm_shift=0.5)  # the source changes
-    third = load_gguf_model(gguf_path)
-    assert "converted now" in third.source and third.checkpoint_dir != first.checkpoint_dir
+    third, reused = load()
+    assert not reused and third.checkpoint_dir != first.checkpoint_dir
     np.testing.assert_allclose(np.asarray(third.model.final_norm.scale[...]),
                                np.asarray(tiny_loaded.model.final_norm.scale[...]) + 0.5, rtol=1e-6)
     assert not first.checkpoint_dir.exists()  # the stale conversion was removed
-
-    # Kaggle's transformers variant goes through the same Tunix loader: load the folder as a download.
-    again = load_checkpoint_dir(third.checkpoint_dir, tiny_loaded.model_config, dtype=jnp.float32)
-    assert again.source.startswith("safetensors") and again.checkpoint_dir == third.checkpoint_dir
-    _assert_same_params(again.model, third.model)
 
 
 def _upstream_params(model):
