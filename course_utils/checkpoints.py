@@ -1,14 +1,6 @@
-"""Finding and restoring the checkpoints part 06's trainers write, through Orbax's and Tunix's APIs.
-
-Tunix's trainers save one Orbax checkpoint per step (`<directory>/<step>/model_params`,
-`optimizer_state`) with Orbax's `CheckpointManager`, which writes into a temporary folder and
-renames it when complete, so a killed save is never listed. The course's sidecar (stage,
-phase, config fingerprint, metrics so far) rides in that checkpoint's custom metadata under
-"course" (`training.install_sidecar` puts it there), next to Tunix's own `global_step`.
-
->>> info = latest_checkpoint(run_dir / "checkpoints" / "sft")         # doctest: +SKIP
->>> restore_lora(actor, info.path.parent, info.step)                  # doctest: +SKIP
-"""
+"""Finding and restoring part 06's checkpoints with Orbax's and Tunix's APIs: one per step
+(`<directory>/<step>/model_params`), renamed into place when complete, the course's sidecar in
+its custom metadata under "course"."""
 
 from __future__ import annotations
 
@@ -19,13 +11,9 @@ from typing import Any
 import orbax.checkpoint as ocp
 from tunix.sft.checkpoint_manager import CheckpointManager
 
-PARAMS_ITEM = "model_params"  # Tunix's item names
-OPT_STATE_ITEM = "optimizer_state"
-
 
 def checkpoint_dir(run_dir: str | Path, stage: str) -> Path:
-    """Where part 06 keeps a stage's checkpoints: `checkpoints/sft`, `checkpoints/grpo/actor`
-    (Tunix's RLCluster adds the role, `actor`, below the root it is given)."""
+    """Where part 06 keeps a stage's checkpoints: `checkpoints/sft`, `checkpoints/grpo/actor`."""
     if stage not in ("sft", "grpo"):
         raise ValueError(f"stage={stage!r} is unknown; use 'sft' or 'grpo'")
     root = Path(run_dir) / "checkpoints" / stage
@@ -46,32 +34,23 @@ class CheckpointInfo:
 
     @property
     def params_path(self) -> Path:
-        """The Orbax folder of its LoRA parameters."""
-        return self.path / PARAMS_ITEM
+        return self.path / "model_params"
 
     @property
     def stage(self) -> str | None:
         return self.sidecar.get("stage")
 
     @property
-    def phase(self) -> str | None:
-        return self.sidecar.get("phase")
-
-    @property
     def fingerprint(self) -> str | None:
         return self.sidecar.get("config_fingerprint")
 
     def __str__(self) -> str:
-        extra = ", ".join(f"{k} {v}" for k, v in (("stage", self.stage), ("phase", self.phase)) if v)
+        extra = ", ".join(f"{k} {self.sidecar[k]}" for k in ("stage", "phase") if k in self.sidecar)
         return f"checkpoint step {self.step} at {self.path}" + (f" ({extra})" if extra else "")
 
 
 def latest_checkpoint(directory: str | Path) -> CheckpointInfo | None:
-    """The newest complete checkpoint in `directory` (Orbax's `latest_step`), or None (part 06).
-
-    Its sidecar is the "course" entry of the step's custom metadata (Orbax's
-    `get_step_metadata`), plus Tunix's `global_step`.
-    """
+    """The newest complete checkpoint in `directory` (Orbax's `latest_step`), or None (part 06)."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
@@ -80,28 +59,22 @@ def latest_checkpoint(directory: str | Path) -> CheckpointInfo | None:
         step = manager.latest_step()
     if step is None:
         return None
-    custom = dict(ocp.metadata.get_step_metadata(directory / str(step)).custom_metadata or {})
-    sidecar = dict(custom.get("course") or {})
-    if "global_step" in custom:
-        sidecar["global_step"] = custom["global_step"]
+    custom = ocp.metadata.get_step_metadata(directory / str(step)).custom_metadata or {}
+    steps = {"global_step": custom["global_step"]} if "global_step" in custom else {}
+    sidecar = {**(custom.get("course") or {}), **steps}
     return CheckpointInfo(directory / str(step), int(step), sidecar)
 
 
 def restore_lora(model: Any, directory: str | Path, step: int | None = None) -> int:
-    """Load the LoRA parameters of checkpoint `step` (default: the newest) in `directory` into
-    `model`, which already has LoRA layers, with Tunix's own `CheckpointManager.maybe_restore(...,
-    restore_only_lora_params=True)`; returns the step (0 when there is none) (parts 06-07).
-
-    A checkpoint of another LoRA rank or model fails with a clear error.
-    """
+    """Load the LoRA parameters of checkpoint `step` (default: the newest) in `directory` into the
+    LoRA `model` with Tunix's `CheckpointManager.maybe_restore`; returns the step (parts 06-08)."""
     manager = CheckpointManager(str(Path(directory).resolve()))
     try:
         restored, _ = manager.maybe_restore(model, step=step, restore_only_lora_params=True)
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"the LoRA parameters in {directory} do not fit this model ({err}). Was it trained with another "
-            "lora_rank or model? Build the model with the run's config (load_run_config) first."
-        ) from None
+        raise ValueError(f"the LoRA parameters in {directory} do not fit this model ({err}). Was "
+                         "it trained with another lora_rank or model? Build the model with the "
+                         "run's config (load_run_config) first.") from None
     finally:
         manager.close()
     return restored

@@ -56,7 +56,8 @@ def test_latest_checkpoint_reads_the_step_and_sidecar_orbax_wrote(tmp_path):
     _save_steps(tmp_path)
     info = latest_checkpoint(tmp_path)
     assert isinstance(info, CheckpointInfo) and info.step == 3 and info.path == tmp_path / "3"
-    assert (info.stage, info.phase, info.fingerprint) == ("grpo", "hard", "abc")
+    assert (info.stage, info.sidecar["phase"], info.fingerprint) == ("grpo", "hard", "abc")
+    assert str(info) == f"checkpoint step 3 at {tmp_path / '3'} (stage grpo, phase hard)"
     assert info.sidecar["global_step"] == 3 and info.params_path.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2", "3"]  # max_to_keep=2 pruned step 1
     assert latest_checkpoint(tmp_path / "missing") is None
