@@ -163,7 +163,7 @@ def test_model_card_uses_saved_results_and_names_the_licence(tiny, tmp_path):
     assert card.startswith("---\nlicense: gemma")
     assert "Gemma Terms of Use" in card and ex.GEMMA_TERMS_URL in card
     assert "50.0 %" in card and "baseline (n=2)" in card and "test-cpu" in card
-    assert f"| LoRA rank r | {tiny['config'].lora_rank} |" in card and "Test artefact" in card
+    assert f"| lora_rank | {tiny['config'].lora_rank} |" in card and "Test artefact" in card
     assert "Not evaluated yet" in build_model_card(tiny["config"], None)
 
 
