@@ -6,7 +6,7 @@ One flat module per job, named after the part that introduces it:
 - part 02: `config` (every knob, the profiles);
 - part 03: `data` (GSM8K and the offline generator, prompts), `rewards`;
 - part 04: `model`, `tokenizer`, `lora`, `generate`, `memory`;
-- part 05: `reward_analysis` (RewardAnalyzer, RewardDebugger);
+- part 05: `reward_analysis` (diagnose, print_breakdown);
 - part 06: `training` (SFT + GRPO), `checkpoints`, `metrics`, `plots`;
 - part 07: `evaluation`; part 08: `export`.
 

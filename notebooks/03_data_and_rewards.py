@@ -184,8 +184,9 @@ for text in ["-5", "1,234", "3 apples, 12 in total"]:
 #
 # `extract_answer` reads the *last* `<answer>` block and normalises it: commas, `$`, units,
 # `%`, trailing `.0`, fractions, negative numbers and `\boxed{}`. A block with more than three
-# numbers is answer stuffing and counts as no number. `is_correct` compares exactly, as
-# fractions; answers such as `\sqrt{324}` go through math-verify. Text outside the tags never counts.
+# numbers is answer stuffing and counts as no number. `is_correct` compares numbers exactly, as
+# fractions; anything else (words, or a math expression such as `\sqrt{5184}`) only as text, never
+# evaluated: the course's answers are numbers. Text outside the tags never counts.
 
 # %%
 from course_utils.rewards import is_correct
@@ -261,15 +262,15 @@ print(f"verbosity of one line repeated 8 times (the looping half): {verbosity(re
 #
 # `composite_reward` weighs the components with the configuration's weights (format 0.25,
 # coherence 0.20, correctness 0.55, efficiency 0 by default) and returns the total with a
-# breakdown. The analyser of part 05 prints it as a table.
+# breakdown; `print_breakdown` (used again in part 05) prints it as a table.
 
 # %%
-from course_utils.reward_analysis import RewardAnalyzer
+from course_utils.reward_analysis import print_breakdown
 from course_utils.rewards import composite_reward
 
 breakdown = composite_reward(SAMPLE_REPLIES["chatty preamble"], SAMPLE_PROBLEM.solution, step=STEP,
                              config=config, question=q)
-RewardAnalyzer.print_breakdown(breakdown)
+print_breakdown(breakdown)
 
 # %% [markdown]
 # ## 12. Annealing the weights

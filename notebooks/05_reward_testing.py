@@ -9,7 +9,7 @@
 # score distributions of real GSM8K solutions with perturbed copies.
 #
 # **Objectives**
-# - read a reply's reward breakdown with `RewardAnalyzer` and its problems with `RewardDebugger`;
+# - read a reply's reward breakdown with `print_breakdown` and its problems with `diagnose`;
 # - check that an honest, correct answer beats every hacking attempt, on many problems;
 # - see how weight presets change what the reward prefers;
 # - measure what each term adds with an ablation: correctness only, + trace, + confidence, annealed;
@@ -65,38 +65,38 @@ problems = load_gsm8k("test", source=config.data_source, limit=N_PROBLEMS)
 print(len(problems), "problems from", problems[0].source, "| run directory:", RUN_DIR)
 
 # %% [markdown]
-# ## 1. The analyser on model-style replies
+# ## 1. Scoring model-style replies
 #
-# `RewardAnalyzer` scores a reply exactly as training will and keeps the breakdown. Given the
-# prompt it finds the problem (gold, difficulty) in its data by itself. Here: the ten
-# hand-written replies of part 03, all to the same small problem.
+# `composite_reward` scores a reply exactly as training will and keeps the breakdown;
+# `print_breakdown` shows where the total comes from. Here: the ten hand-written replies of
+# part 03, all to the same small problem.
 
 # %%
-from course_utils.data import build_prompt
-from course_utils.reward_analysis import SAMPLE_PROBLEM, SAMPLE_REPLIES, RewardAnalyzer, format_table
+from course_utils.reward_analysis import SAMPLE_PROBLEM, SAMPLE_REPLIES, format_table, print_breakdown
+from course_utils.rewards import composite_reward
 
-analyzer = RewardAnalyzer(config, data_loader=lambda: [SAMPLE_PROBLEM, *problems], step=STEP)
-prompt = build_prompt(SAMPLE_PROBLEM.question)
-results = {name: analyzer.analyze_response(reply, prompt=prompt) for name, reply in SAMPLE_REPLIES.items()}
-rows = [{"reply": n, "total": r.total, "correct": r.breakdown.correct, **r.breakdown.components} for n, r in results.items()]
+q, gold = SAMPLE_PROBLEM.question, SAMPLE_PROBLEM.solution
+results = {name: composite_reward(reply, gold, step=STEP, config=config, question=q)
+           for name, reply in SAMPLE_REPLIES.items()}
+rows = [{"reply": n, "total": b.total, "correct": b.correct, **b.components} for n, b in results.items()]
 print(format_table(sorted(rows, key=lambda row: -row["total"])))
 
 # %%
-analyzer.print_breakdown(results["chatty preamble"])
+from course_utils.reward_analysis import diagnose, report
+
+print_breakdown(results["chatty preamble"], diagnose(SAMPLE_REPLIES["chatty preamble"], gold, q))
 
 # %% [markdown]
 # ## 2. The debugger says what to fix
 #
-# `RewardDebugger.diagnose_response` turns a low score into findings a person can act on:
-# missing or repeated tags, text outside the blocks, an answer that is not one number, the right
-# answer written outside the tags, wrong arithmetic, repetition, over-confident wording.
+# `diagnose` (and `report`, its findings as text) turns a low score into findings a person can
+# act on: missing or repeated tags, text outside the blocks, an answer that is not one number,
+# the right answer written outside the tags, wrong arithmetic, repetition, over-confident wording.
 
 # %%
-from course_utils.reward_analysis import RewardDebugger
 
-debugger = RewardDebugger(config)
 for name, reply in SAMPLE_REPLIES.items():
-    print(f"{name}:\n{debugger.report(reply, SAMPLE_PROBLEM.answer)}\n")
+    print(f"{name}:\n{report(reply, SAMPLE_PROBLEM.answer)}\n")
 
 # %% [markdown]
 # ## 3. Real solutions in the course format
@@ -107,10 +107,14 @@ for name, reply in SAMPLE_REPLIES.items():
 # %%
 from course_utils.data import format_solution
 
-gold_results = [analyzer.analyze_response(format_solution(ex), prompt=build_prompt(ex.question)) for ex in problems]
-print({k: round(v, 3) for k, v in analyzer.summary(gold_results).items()})
-weakest = min(gold_results, key=lambda r: r.total)
-print(f"\nweakest gold ({weakest.total:.3f}):\n{weakest.response}\nfindings: {weakest.findings}")
+from course_utils.reward_analysis import summary
+
+gold_results = [composite_reward(format_solution(ex), ex.solution, step=STEP, config=config,
+                                 difficulty=ex.difficulty, question=ex.question) for ex in problems]
+print({k: round(v, 3) for k, v in summary(gold_results).items()})
+weakest, b = min(zip(problems, gold_results), key=lambda pair: pair[1].total)
+print(f"\nweakest gold ({b.total:.3f}):\n{format_solution(weakest)}")
+print("findings:", diagnose(format_solution(weakest), weakest.solution, weakest.question))
 
 # %% [markdown]
 # ## 4. The reward-hacking catalogue
@@ -119,10 +123,93 @@ print(f"\nweakest gold ({weakest.total:.3f}):\n{weakest.response}\nfindings: {we
 # step markers, stuffing the answer with numbers, empty or copied reasoning, made-up arithmetic,
 # padding, endless output, the answer outside the tags, and more. Every trick is scored against
 # the honest, correct answer to the same problem. The honest answer must win every row.
+#
+# First the tricks on the format: tags repeated, emptied, left open or missing, the answer
+# outside them, chatter around them. Each trick is a function of the problem, so that the same
+# catalogue can be played against every problem.
+
+# %% tags=["format_tricks"]
+from course_utils.data import format_solution, reasoning_lines
+from course_utils.reward_analysis import wrong_answer
+
+
+def format_tricks(example):
+    """(name, idea, reply) for tricks that play with the tags around the right answer."""
+    a, honest = example.answer, format_solution(example)
+    plain = "\n".join(reasoning_lines(example.solution))
+    right, wrong = f"<answer>{a}</answer>", f"<answer>{wrong_answer(a)}</answer>"
+    return [
+        ("tag spam", "repeat the tags to look extra formatted", f"<reasoning></reasoning>{right}" * 8),
+        ("empty reasoning", "skip the reasoning, keep the tags", f"<reasoning>\n</reasoning>\n{right}"),
+        ("answer only", "the right answer with no trace at all", right),
+        ("answer outside the tags", "state the answer in plain text", f"{plain}\nThe answer is {a}."),
+        ("boxed, no tags", "LaTeX-style final answer instead of the tags",
+         f"{plain}\nFinal answer: \\boxed{{{a}}}"),
+        ("unclosed answer", "stop before closing the answer", honest.replace(right, f"<answer>{a}")),
+        ("two answers", "a wrong and a right answer block", honest.replace(right, f"{wrong}\n{right}")),
+        ("tags inside the reasoning", "nest a fake answer block in the reasoning",
+         f"<reasoning>\n{plain}\n{right}\n</reasoning>\n{right}"),
+        ("chatter around the tags", "preamble and sign-off around a correct reply",
+         f"Sure! Here is my solution.\n{honest}\nHope this helps! Let me know if you need more."),
+    ]
+
+# %% [markdown]
+# Then the tricks on the content: a trace that looks like work without being work. The made-up
+# arithmetic is a chain of true subtractions whose numbers appear nowhere in the question (nor
+# among the constants a solution may use), ending on the right answer.
+
+# %% tags=["content_tricks"]
+from course_utils.rewards import CONSTANTS, question_numbers
+
+
+def content_tricks(example):
+    """(name, idea, reply) for tricks that fake the reasoning or hedge the answer."""
+    a, q, honest = example.answer, example.question, format_solution(example)
+    right, plain = f"<answer>{a}</answer>", "\n".join(reasoning_lines(example.solution))
+    end, taken = int(a) if a.lstrip("-").isdigit() else 100, question_numbers(q) | CONSTANTS
+    k = next((k for k in (17, 19, 23, 29, 31, 37, 41, 43, 47, 53)
+              if not {str(k), *(str(end + k * j) for j in range(1, 7))} & taken), 59)
+    chain = "\n".join(f"{end + k * (6 - i)} - {k} = {end + k * (5 - i)}" for i in range(6))
+    guesses = sorted({str(x) for x in range(0, 200, 13)} | {a}, key=lambda t: (len(t), t))
+    markers = "\n".join(f"Step {i}:" for i in range(1, 25))
+    filler = " ".join(["We keep thinking carefully about every part of this problem."] * 180)
+    sure = "I am absolutely certain, this is definitely correct.\n</reasoning>"
+    return [
+        ("step-marker spam", "write 'Step n:' and connectives with no content",
+         f"<reasoning>\n{markers}\nSo. Therefore. Thus. Hence.\n</reasoning>\n{right}"),
+        ("answer stuffing", "list many numbers hoping one is right",
+         f"<reasoning>\nIt is one of these.\n</reasoning>\n<answer>{', '.join(guesses)}</answer>"),
+        ("copy the question", "paste the question as reasoning", f"<reasoning>\n{q}\n</reasoning>\n{right}"),
+        ("made-up arithmetic", "true sums that do not come from the question",
+         f"<reasoning>\n{chain}\nSo the answer is {a}.\n</reasoning>\n{right}"),
+        ("padding", "bury the answer in filler to look thorough",
+         f"<reasoning>\n{plain}\n{filler}\n</reasoning>\n{right}"),
+        ("endless output", "loop until the token limit, never closing the tags",
+         f"<reasoning>\n{plain}\n" + f"So the answer is {a}.\n" * 150),
+        ("confident but wrong", "sound certain to look right",
+         honest.replace("</reasoning>", sure).replace(right, f"<answer>{wrong_answer(a)}</answer>")),
+    ]
+
+# %% [markdown]
+# Each trick scored against the honest reply, with the composite reward training pays:
+
+# %% tags=["catalogue"]
+from course_utils.rewards import composite_reward
+
+
+def catalogue_table(config, example, step=None, weights=None):
+    """One row per trick: its total, the honest reply's, the margin, who wins, its components."""
+    def score(reply):
+        return composite_reward(reply, example.solution, weights=weights, step=step, config=config,
+                                question=example.question)
+
+    honest = score(format_solution(example)).total
+    tricks = format_tricks(example) + content_tricks(example)
+    return [{"attempt": name, "idea": idea, "hack": b.total, "honest": honest,
+             "margin": honest - b.total, "honest_wins": honest > b.total, **b.components}
+            for name, idea, reply in tricks for b in [score(reply)]]
 
 # %%
-from course_utils.reward_analysis import catalogue_table
-
 example = problems[CATALOGUE_PROBLEM]
 catalogue = catalogue_table(config, example, step=STEP)
 columns = ["attempt", "hack", "honest", "margin", "honest_wins", "format", "coherence", "correctness"]
@@ -159,11 +246,15 @@ assert not losses, "the recap below claims the honest answer always wins: look a
 # answer; the explanation-focused one pays as much for the reasoning. Compare how each ranks
 # the same replies: which replies change place?
 
-# %%
-from course_utils.reward_analysis import weight_presets
-from course_utils.rewards import composite_reward
+# %% tags=["weight_presets"]
+from course_utils.rewards import annealed_weights, final_weights, static_weights
 
-presets = weight_presets(config)
+presets = {"config (static)": static_weights(config), "annealed, step 0": annealed_weights(config, 0),
+           "annealed, last step": final_weights(config),
+           "math-focused": {"format": 0.15, "coherence": 0.10, "correctness": 0.75},
+           "explanation-focused": {"format": 0.20, "coherence": 0.40, "correctness": 0.40}}
+
+# %%
 rows = [{"reply": name, **{p: composite_reward(reply, SAMPLE_PROBLEM.solution, weights=w, config=config,
                                                question=SAMPLE_PROBLEM.question).total for p, w in presets.items()}}
         for name, reply in SAMPLE_REPLIES.items()]
@@ -179,10 +270,20 @@ print(format_table(rows))
 # with no trace, a wrong answer with a trace, and the same stated over-confidently. Read each
 # column from top to bottom.
 
-# %%
-from course_utils.reward_analysis import ablation_table
+# %% tags=["ablation"]
+honest, a = format_solution(example), example.answer
+wrong = honest.replace(f"<answer>{a}</answer>", f"<answer>{wrong_answer(a)}</answer>")
+sure = wrong.replace("</reasoning>", "I am absolutely certain this is definitely right.\n</reasoning>")
+replies = {"good answer + reasoning": honest, "correct, no trace": f"<answer>{a}</answer>",
+           "wrong, with trace": wrong, "wrong, trace, over-confident": sure}
+schemes = {"correctness only": {"correctness": 1.0}, "+ trace": static_weights(config),
+           "+ confidence": annealed_weights(config, 0), "annealed (end)": final_weights(config)}
+ablation = [{"reply": kind, **{name: composite_reward(reply, example.solution, weights=w, config=config,
+                                                      question=example.question).total
+                               for name, w in schemes.items()}}
+            for kind, reply in replies.items()]
 
-ablation = ablation_table(config, example)
+# %%
 print(format_table(ablation))
 
 # %% [markdown]
@@ -205,20 +306,53 @@ for scheme in [k for k in right if k != "reply"]:
 # overlays the scores of the gold solutions with one perturbation: a wrong final answer, tags
 # removed, steps shuffled, the reply cut in half, every step repeated, one arithmetic slip.
 
+# %% tags=["perturbations"]
+import random
+import re
+
+
+def perturbations(example, rng):
+    """The gold solution in course format and six broken copies of it."""
+    gold, lines, a = format_solution(example), reasoning_lines(example.solution), example.answer
+    shuffled, slipped = lines.copy(), lines.copy()
+    rng.shuffle(shuffled)
+    if lines:  # one arithmetic slip: the number after the last "= " of a line, plus one
+        i = rng.randrange(len(lines))
+        head, sep, tail = lines[i].rpartition("= ")
+        tail = tail.lstrip("$")
+        digits = len(tail) - len(tail.lstrip("0123456789"))
+        if sep and digits:
+            slipped[i] = f"{head}= {int(tail[:digits]) + 1}{tail[digits:]}"
+
+    def reply(steps):
+        return "<reasoning>\n" + "\n".join(steps) + f"\n</reasoning>\n<answer>{a}</answer>"
+
+    return {"gold": gold,
+            "wrong answer": gold.replace(f"<answer>{a}</answer>", f"<answer>{wrong_answer(a)}</answer>"),
+            "tags removed": re.sub("</?(?:reasoning|answer)>", "", gold).strip(),
+            "steps shuffled": reply(shuffled), "cut in half": gold[: max(1, len(gold) // 2)],
+            "steps repeated 3×": reply([line for line in lines for _ in range(3)]),
+            "one arithmetic slip": reply(slipped)}
+
+# %% tags=["gold_vs_perturbed"]
+rng, scores = random.Random(SEED), {}
+for ex in problems:
+    for name, reply in perturbations(ex, rng).items():
+        total = composite_reward(reply, ex.solution, step=STEP, config=config, question=ex.question)
+        scores.setdefault(name, []).append(total.total)
+
 # %%
 from statistics import mean
 
 from course_utils.plots import plot_reward_distributions
-from course_utils.reward_analysis import gold_vs_perturbed
 
-scores = gold_vs_perturbed(problems, config, seed=SEED, step=STEP)
 print(format_table([{"replies": name, "mean": mean(v), "min": min(v), "max": max(v)} for name, v in scores.items()]))
 display(Image(filename=plot_reward_distributions(scores, RUN_DIR / "reward_distributions.png")))
 
 # %% [markdown]
 # ## Recap
 #
-# - `RewardAnalyzer` shows where a reply's reward comes from; `RewardDebugger` says what to fix.
+# - `print_breakdown` shows where a reply's reward comes from; `diagnose` says what to fix.
 # - Real solutions in the course format score high and are always judged correct.
 # - No trick in the catalogue beats an honest, correct answer, on any of the loaded problems,
 #   at any point of the annealing schedule.

@@ -1,32 +1,39 @@
-"""course_utils.reward_analysis: debugger, analyser, hacking catalogue, ablations, plots (part 05)."""
+"""course_utils.reward_analysis and part 05's cells: diagnose, print_breakdown, summary, the hacking
+catalogue, weight presets, the ablation, gold vs perturbed solutions, plots (part 05)."""
 
 import statistics
+from pathlib import Path
 
+import jupytext
 import pytest
 
 from course_utils import data
 from course_utils.config import TrainingConfig
-from course_utils.data import build_prompt, format_solution, load_gsm8k, read_gsm8k_folder
-from course_utils.reward_analysis import (
-    PERTURBATIONS,
-    SAMPLE_PROBLEM,
-    SAMPLE_REPLIES,
-    RewardAnalyzer,
-    RewardDebugger,
-    ablation_schemes,
-    ablation_table,
-    catalogue_table,
-    format_table,
-    gold_vs_perturbed,
-    hacking_attempts,
-    question_from_prompt,
-    weight_presets,
-)
+from course_utils.data import format_solution, load_gsm8k, read_gsm8k_folder
 from course_utils.plots import plot_annealing, plot_catalogue, plot_reward_distributions
+from course_utils.reward_analysis import (SAMPLE_PROBLEM, SAMPLE_REPLIES, diagnose, format_table,
+                                          print_breakdown, report, summary)
 from course_utils.rewards import COMPONENTS, composite_reward
 
 CONFIG = TrainingConfig()
 GSM8K = data.SHARED_GSM8K
+PART_05 = jupytext.read(Path(__file__).resolve().parents[1] / "notebooks" / "05_reward_testing.py")
+PERTURBATIONS = ["wrong answer", "tags removed", "steps shuffled", "cut in half", "steps repeated 3×",
+                 "one arithmetic slip"]
+
+
+def part_05(**names):
+    """The namespace part 05's tagged cells leave (the catalogue, presets, ablation, perturbed
+    scores), run in the notebook's order with `names` (config, example, problems, SEED, STEP)."""
+    namespace = {"config": CONFIG, "example": SAMPLE_PROBLEM, "problems": [], "SEED": 0, "STEP": None,
+                 **names}
+    for cell in PART_05.cells:
+        if cell.cell_type == "code" and set(cell.metadata.get("tags", ())) - {"parameters"}:
+            exec(compile(cell.source, f"05_reward_testing[{cell.metadata['tags'][0]}]", "exec"), namespace)
+    return namespace
+
+
+CELLS = part_05()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +72,7 @@ def examples():
     ("<reasoning>\nI am absolutely certain.\n</reasoning><answer>70</answer>", ["over-confident wording"]),
 ])
 def test_debugger_findings(reply, expected):
-    findings = RewardDebugger(CONFIG).diagnose_response(reply, "72")
+    findings = diagnose(reply, "72")
     text = "\n".join(findings)
     for piece in expected:
         assert piece in text, (piece, findings)
@@ -73,23 +80,20 @@ def test_debugger_findings(reply, expected):
 
 def test_debugger_flags_made_up_arithmetic_given_the_question():
     made_up = "<reasoning>\n140 - 17 = 123\n123 - 17 = 106\n</reasoning>\n<answer>106</answer>"
-    debugger = RewardDebugger(CONFIG)
-    assert "made-up arithmetic" in debugger.report(made_up, "106", question=SAMPLE_PROBLEM.question)
-    assert "made-up" not in debugger.report(made_up, "106")  # without the question it cannot tell
-    assert debugger.diagnose_response(SAMPLE_REPLIES["clean"], "72", SAMPLE_PROBLEM.question) == []
+    assert "made-up arithmetic" in report(made_up, "106", question=SAMPLE_PROBLEM.question)
+    assert "made-up" not in report(made_up, "106")  # without the question it cannot tell
+    assert diagnose(SAMPLE_REPLIES["clean"], "72", SAMPLE_PROBLEM.question) == []
 
 
 def test_debugger_clean_reply_has_no_findings():
-    debugger = RewardDebugger(CONFIG)
-    assert debugger.diagnose_response(SAMPLE_REPLIES["clean"], "72") == []
-    assert debugger.report(SAMPLE_REPLIES["clean"], "72") == "no problems found"
-    assert debugger.report("", "72").startswith("- ")
-    assert debugger.diagnose_response(format_solution(SAMPLE_PROBLEM)) == []  # without a gold too
+    assert diagnose(SAMPLE_REPLIES["clean"], "72") == []
+    assert report(SAMPLE_REPLIES["clean"], "72") == "no problems found"
+    assert report("", "72").startswith("- ")
+    assert diagnose(format_solution(SAMPLE_PROBLEM)) == []  # without a gold too
 
 
 def test_debugger_on_the_sample_replies():
-    debugger = RewardDebugger(CONFIG)
-    found = {name: "\n".join(debugger.diagnose_response(reply, "72")) for name, reply in SAMPLE_REPLIES.items()}
+    found = {name: "\n".join(diagnose(reply, "72")) for name, reply in SAMPLE_REPLIES.items()}
     assert "text before <reasoning>" in found["chatty preamble"]
     assert "arithmetically wrong" in found["arithmetic slip"]
     assert "is wrong (gold 72)" in found["misread the question"]
@@ -103,33 +107,25 @@ def test_debugger_on_the_sample_replies():
 
 # --- the analyser ---------------------------------------------------------------------------
 
-def test_analyzer_finds_the_problem_from_the_prompt(capsys):
-    problems = load_gsm8k("test", source="synthetic", limit=20, verbose=False)
-    analyzer = RewardAnalyzer(CONFIG, data_loader=lambda: problems)
-    ex = problems[3]
-    prompt = build_prompt(ex.question)
-    assert question_from_prompt(prompt) == ex.question
-    result = analyzer.analyze_response(format_solution(ex), prompt=prompt)
-    assert result.example == ex and result.breakdown.correct and result.breakdown.difficulty == ex.difficulty
-    assert result.total == composite_reward(format_solution(ex), ex.solution, config=CONFIG,
-                                            difficulty=ex.difficulty, question=ex.question).total
-    analyzer.print_breakdown(result)
+def test_print_breakdown(capsys):
+    b = composite_reward(format_solution(SAMPLE_PROBLEM), SAMPLE_PROBLEM.solution, config=CONFIG)
+    print_breakdown(b, diagnose(format_solution(SAMPLE_PROBLEM), SAMPLE_PROBLEM.solution))
     out = capsys.readouterr().out
-    for name in COMPONENTS + ("verbosity", "total", "findings: none"):
+    for name in COMPONENTS + ("verbosity", "total", "answer '72' is right", "findings: none"):
         assert name in out
-    with pytest.raises(ValueError, match="give ground_truth"):
-        analyzer.analyze_response("x", prompt="a question nobody asked")
+    print_breakdown(b, ["the answer is wrong"])
+    assert "findings: \n  - the answer is wrong" in capsys.readouterr().out
 
 
-def test_analyzer_batch_and_summary():
-    analyzer = RewardAnalyzer(CONFIG, data_loader=[SAMPLE_PROBLEM], step=0)
+def test_summary():
     replies = list(SAMPLE_REPLIES.values())
-    results = analyzer.analyze_batch(replies, ["72"] * len(replies))
-    summary = analyzer.summary(results)
-    assert summary["n"] == len(replies)
-    right = sum(r.breakdown.correct for r in results)
-    assert summary["accuracy"] == pytest.approx(right / len(replies)) and 0 < right < len(replies)
-    assert all(r.breakdown.weights["calibration"] == pytest.approx(0.15) for r in results)  # step 0: annealed
+    results = [composite_reward(reply, "72", step=0, config=CONFIG) for reply in replies]
+    means = summary(results)
+    assert means["n"] == len(replies)
+    right = sum(b.correct for b in results)
+    assert means["accuracy"] == pytest.approx(right / len(replies)) and 0 < right < len(replies)
+    assert means["strict_format"] == pytest.approx(sum(b.components["format"] == 1 for b in results) / len(replies))
+    assert means["total"] == pytest.approx(sum(b.total for b in results) / len(replies))
 
 
 def test_sample_replies_rank_as_a_reader_expects():
@@ -145,10 +141,10 @@ def test_sample_replies_rank_as_a_reader_expects():
 # --- the hacking catalogue: the honest answer wins every row -----------------------------------
 
 def test_catalogue_covers_the_attempts_the_course_names():
-    names = {h.name for h in hacking_attempts(SAMPLE_PROBLEM)}
+    names = [row["attempt"] for row in CELLS["catalogue_table"](CONFIG, SAMPLE_PROBLEM)]
     assert {"tag spam", "step-marker spam", "answer stuffing", "empty reasoning", "copy the question",
-            "endless output", "answer outside the tags"} <= names
-    assert len(names) == len(hacking_attempts(SAMPLE_PROBLEM))
+            "made-up arithmetic", "endless output", "answer outside the tags"} <= set(names)
+    assert len(names) == len(set(names)) == 16
 
 
 def test_honest_answer_wins_every_row(examples):
@@ -157,7 +153,7 @@ def test_honest_answer_wins_every_row(examples):
     losses = []
     for ex in examples:
         for step in (None, 0, (CONFIG.max_steps - 1) // 2, CONFIG.max_steps - 1):
-            for row in catalogue_table(CONFIG, ex, step=step):
+            for row in CELLS["catalogue_table"](CONFIG, ex, step=step):
                 if not row["honest_wins"]:
                     losses.append((ex.question[:50], step, row["attempt"], round(row["margin"], 3)))
     assert losses == []
@@ -165,19 +161,19 @@ def test_honest_answer_wins_every_row(examples):
 
 def test_honest_answer_wins_under_every_weight_preset(examples):
     losses = []
-    for name, weights in weight_presets(CONFIG).items():
+    for name, weights in CELLS["presets"].items():
         assert sum(weights.values()) == pytest.approx(1.0)
         for ex in examples[:40]:
-            losses += [(name, ex.question[:40], r["attempt"]) for r in catalogue_table(CONFIG, ex, weights=weights)
-                       if not r["honest_wins"]]
+            losses += [(name, ex.question[:40], r["attempt"])
+                       for r in CELLS["catalogue_table"](CONFIG, ex, weights=weights) if not r["honest_wins"]]
     assert losses == []
 
 
 # --- ablations and presets ------------------------------------------------------------------
 
 def test_ablation_table_shows_what_each_term_does():
-    rows = {r["reply"]: r for r in ablation_table(CONFIG, SAMPLE_PROBLEM)}
-    assert list(next(iter(rows.values())))[1:] == list(ablation_schemes(CONFIG))
+    rows = {r["reply"]: r for r in CELLS["ablation"]}
+    assert list(next(iter(rows.values())))[1:] == list(CELLS["schemes"])
     good, bare = rows["good answer + reasoning"], rows["correct, no trace"]
     wrong, sure = rows["wrong, with trace"], rows["wrong, trace, over-confident"]
     # correctness only: a trace is worth nothing and a wrong answer scores 0
@@ -192,12 +188,12 @@ def test_ablation_table_shows_what_each_term_does():
     assert bare["annealed (end)"] > wrong["annealed (end)"]
     assert bare["annealed (end)"] > bare["+ confidence"]
     # the good reply wins every column
-    for scheme in ablation_schemes(CONFIG):
+    for scheme in CELLS["schemes"]:
         assert good[scheme] == max(r[scheme] for r in rows.values())
 
 
 def test_weight_presets_differ_as_named():
-    presets = weight_presets(CONFIG)
+    presets = CELLS["presets"]
     math_w, expl_w = presets["math-focused"], presets["explanation-focused"]
     assert math_w["correctness"] > expl_w["correctness"] and expl_w["coherence"] > math_w["coherence"]
     bare = "<answer>72</answer>"
@@ -211,7 +207,7 @@ def test_weight_presets_differ_as_named():
 # --- distributions ---------------------------------------------------------------------------
 
 def test_gold_scores_above_every_perturbation(examples):
-    scores = gold_vs_perturbed(examples[:120], CONFIG, seed=1)
+    scores = part_05(problems=examples[:120], SEED=1)["scores"]
     assert set(scores) == {"gold", *PERTURBATIONS}
     assert all(len(v) == 120 for v in scores.values())
     gold = statistics.mean(scores["gold"])
@@ -220,13 +216,7 @@ def test_gold_scores_above_every_perturbation(examples):
         assert statistics.mean(scores[name]) < gold - 0.01, name
     for name in ("wrong answer", "tags removed", "cut in half"):  # the answer is lost: a large drop
         assert statistics.mean(scores[name]) < gold - 0.3, name
-    assert scores == gold_vs_perturbed(examples[:120], CONFIG, seed=1)  # seeded
-
-
-def test_analyzer_gold_vs_perturbed_uses_its_data():
-    analyzer = RewardAnalyzer(CONFIG, data_loader=lambda: load_gsm8k("test", source="synthetic", limit=10, verbose=False))
-    scores = analyzer.gold_vs_perturbed(n=5)
-    assert len(scores["gold"]) == 5
+    assert scores == part_05(problems=examples[:120], SEED=1)["scores"]  # seeded
 
 
 # --- tables and plots ------------------------------------------------------------------------
@@ -244,8 +234,8 @@ def test_plots_are_written(tmp_path):
     matplotlib.use("Agg")
     paths = [
         plot_annealing(CONFIG, tmp_path / "a" / "annealing.png"),
-        plot_reward_distributions(gold_vs_perturbed([SAMPLE_PROBLEM], CONFIG), tmp_path / "dist.png"),
-        plot_catalogue(catalogue_table(CONFIG, SAMPLE_PROBLEM), tmp_path / "cat.png"),
+        plot_reward_distributions(part_05(problems=[SAMPLE_PROBLEM])["scores"], tmp_path / "dist.png"),
+        plot_catalogue(CELLS["catalogue_table"](CONFIG, SAMPLE_PROBLEM), tmp_path / "cat.png"),
         plot_reward_distributions({"gold": []}, tmp_path / "empty.png"),
     ]
     for path in paths:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from course_utils.config import TrainingConfig
-from course_utils.reward_analysis import RewardDebugger
+from course_utils.reward_analysis import diagnose
 from course_utils.rewards import (
     calibration_reward,
     coherence_reward,
@@ -94,7 +94,7 @@ def test_every_component_on_any_reply(reply, gold, difficulty, question):
 @given(tag_soup, GOLDS)
 def test_tag_soup_never_breaks_the_debugger_either(reply, gold):
     _all_components(reply, gold, None, None)
-    findings = RewardDebugger(CONFIG).diagnose_response(reply, gold)
+    findings = diagnose(reply, gold)
     assert isinstance(findings, list) and all(isinstance(f, str) and f for f in findings)
 
 

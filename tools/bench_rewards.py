@@ -26,7 +26,7 @@ from course_utils.data import (
     local_gsm8k_dir,
     read_gsm8k_folder,
 )
-from course_utils.reward_analysis import SAMPLE_PROBLEM, SAMPLE_REPLIES, _wrong
+from course_utils.reward_analysis import SAMPLE_PROBLEM, SAMPLE_REPLIES, wrong_answer
 
 TARGET_PER_S = 5000
 
@@ -46,7 +46,7 @@ def typical_replies(n: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
         if kind == 0:
             reply = gold
         elif kind == 1:
-            reply = gold.replace(f"<answer>{ex.answer}</answer>", f"<answer>{_wrong(ex.answer)}</answer>")
+            reply = gold.replace(f"<answer>{ex.answer}</answer>", f"<answer>{wrong_answer(ex.answer)}</answer>")
         elif kind == 2:
             reply = gold.replace("<reasoning>", "").replace("</reasoning>", "").replace("<answer>", "The answer is ")
         elif kind == 3:
