@@ -423,10 +423,9 @@ def _examples(rows: Iterable[dict[str, Any]], source: str, where: str) -> list[E
     for i, row in enumerate(rows, 1):
         try:
             question, solution = row["question"], row["answer"]
+            answer = gold_answer(solution)
         except (KeyError, TypeError):
             raise ValueError(f"{where}: row {i} lacks the GSM8K fields 'question' and 'answer'") from None
-        try:
-            answer = gold_answer(solution)
         except ValueError as err:
             raise ValueError(f"{where}: row {i}: {err}") from None
         out.append(Example(question.strip(), solution.strip(), answer, difficulty_of(solution), source))
@@ -522,36 +521,29 @@ def _load(split: str, source: str) -> tuple[Example, ...]:
     return _cache[key]
 
 
-def resolve_source(source: str = "auto", split: str = "train", verbose: bool = True) -> str:
-    """The source ``"auto"`` picks (local, else huggingface, else synthetic), printing why it
-    skipped the others; a named source is checked and returned as it is."""
+def load_gsm8k(split: str, source: str = "auto", limit: int | None = None, verbose: bool = True) -> list[Example]:
+    """GSM8K's `split` ("train" or "test") as `Example`s in file order, the first `limit` of them
+    (part 03). A named source that cannot be used raises `SourceUnavailable` saying why; "auto"
+    tries local, huggingface, synthetic and prints which it picked and why it skipped the others."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; choose 'train' or 'test' (load_splits carves validation from train)")
     if source not in SOURCES:
         raise ValueError(f"source={source!r}; choose one of {', '.join(SOURCES)}")
-    if source != "auto":
-        return source
-    skipped = []
-    for source in ("local", "huggingface", "synthetic"):
-        try:
-            _load(split, source)
-            break
-        except SourceUnavailable as err:
-            skipped.append(f"{source}: {err}")
-    if verbose:
-        print(f"data: auto picked {source}" + (" — skipped " + "; ".join(skipped) if skipped else ""))
-    return source
-
-
-def load_gsm8k(split: str, source: str = "auto", limit: int | None = None, verbose: bool = True) -> list[Example]:
-    """GSM8K's `split` ("train" or "test") as `Example`s in file order, the first `limit` of
-    them (part 03). A named source that cannot be used raises `SourceUnavailable` saying why."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit={limit!r}; use a positive integer, or None for the whole split")
-    source = resolve_source(source, split, verbose=verbose)
-    examples = list(_load(split, source)[:limit])
+    skipped = []
+    for chosen in ("local", "huggingface", "synthetic") if source == "auto" else (source,):
+        try:
+            examples = list(_load(split, chosen)[:limit])
+            break
+        except SourceUnavailable as err:
+            if source != "auto":
+                raise
+            skipped.append(f"{chosen}: {err}")
+    if verbose and source == "auto":
+        print(f"data: auto picked {chosen}" + (" — skipped " + "; ".join(skipped) if skipped else ""))
     if verbose:
-        print(f"data: GSM8K {split}: {len(examples):,} examples from {source}")
+        print(f"data: GSM8K {split}: {len(examples):,} examples from {chosen}")
     return examples
 
 
@@ -563,7 +555,8 @@ def load_splits(config: Any) -> dict[str, list[Example]]:
     split, without the train questions that are also in test. On a full-size profile "auto"
     finding no GSM8K raises `SourceUnavailable` rather than train on the generator.
     """
-    source = resolve_source(config.data_source, "train")
+    train = load_gsm8k("train", config.data_source, verbose=config.data_source == "auto")
+    source = train[0].source if train else config.data_source
     if source == "synthetic" and config.data_source == "auto" and config.profile in FULL_SIZE_PROFILES:
         raise SourceUnavailable(
             f"the {config.profile!r} profile trains on GSM8K, but data_source='auto' found no copy of it and "
@@ -574,7 +567,7 @@ def load_splits(config: Any) -> dict[str, list[Example]]:
         )
     seen = {_question_key(e.question) for e in _load("test", source)}
     pool = []
-    for ex in _load("train", source):
+    for ex in train:
         if _question_key(ex.question) not in seen:
             seen.add(_question_key(ex.question))
             pool.append(ex)
@@ -593,10 +586,3 @@ def load_splits(config: Any) -> dict[str, list[Example]]:
           + " (no overlap)")
     return splits
 
-
-def by_difficulty(examples: Iterable[Example]) -> dict[str, list[Example]]:
-    """The examples grouped by difficulty, in the order easy, medium, hard."""
-    groups: dict[str, list[Example]] = {d: [] for d in DIFFICULTIES}
-    for ex in examples:
-        groups[ex.difficulty].append(ex)
-    return groups

@@ -88,11 +88,11 @@ print({name: len(rows) for name, rows in splits.items()}, "| source of the first
 # %%
 from collections import Counter
 
-from course_utils.data import by_difficulty, count_steps
+from course_utils.data import DIFFICULTIES, count_steps
 
 print("train mix:", dict(Counter(ex.difficulty for ex in train)))
-for level, group in by_difficulty(train).items():
-    for ex in group[:EXAMPLES_PER_DIFFICULTY]:
+for level in DIFFICULTIES:
+    for ex in [ex for ex in train if ex.difficulty == level][:EXAMPLES_PER_DIFFICULTY]:
         print(f"\n[{level}, {count_steps(ex.solution)} steps, answer {ex.answer}] {ex.question}")
 
 # %% [markdown]

@@ -18,7 +18,6 @@ from course_utils.data import (
     Example,
     SourceUnavailable,
     build_prompt,
-    by_difficulty,
     canonical_number,
     count_steps,
     difficulty_of,
@@ -180,7 +179,7 @@ def test_synthetic_sizes_and_no_train_test_overlap():
     test = load_gsm8k("test", source="synthetic")
     assert (len(train), len(test)) == (7473, 1319)
     assert not {e.question for e in train} & {e.question for e in test}
-    mix = {d: len(v) / len(train) for d, v in by_difficulty(train).items()}
+    mix = {d: sum(e.difficulty == d for e in train) / len(train) for d in DIFFICULTIES}
     assert 0.25 < mix["easy"] < 0.45 and 0.35 < mix["medium"] < 0.55 and 0.1 < mix["hard"] < 0.3
 
 
