@@ -279,8 +279,7 @@ def _medium(rng: random.Random) -> tuple[str, str]:
              f"on Tuesday, then spends ${d} on {thing}. How much money does {pron} have left from "
              "those two days?")
         mon = s.calc(f"On Monday {name} earns ", f"{a} * {b}", a * b, ".", money=True)
-        tue = s.calc("On Tuesday she earns " if pron == "she" else "On Tuesday he earns ",
-                     f"{a} * {c}", a * c, ".", money=True)
+        tue = s.calc(f"On Tuesday {pron} earns ", f"{a} * {c}", a * c, ".", money=True)
         both = s.calc("Together that is ", f"{mon} + {tue}", mon + tue, ".", money=True)
         ans = s.calc("After spending, there is ", f"{both} - {d}", both - d, " left.", money=True)
     elif kind == 1:
@@ -301,8 +300,7 @@ def _medium(rng: random.Random) -> tuple[str, str]:
         done = s.calc("So far that is ", f"{b} + {today}", b + today, " pages.")
         ans = s.calc("There are ", f"{a} - {done}", a - done, " pages left.")
     elif kind == 3:
-        a, b = rng.randint(5, 40), rng.randint(3, 12)
-        d = rng.randint(2, 15)
+        a, b, d = rng.randint(5, 40), rng.randint(3, 12), rng.randint(2, 15)
         c = rng.randint(1, max(1, (a * b) // d))
         item = rng.choice(_ITEMS)
         q = (f"{name} saves ${a} every week for {b} weeks. Then {pron} buys {c} {item} that cost "
@@ -314,8 +312,7 @@ def _medium(rng: random.Random) -> tuple[str, str]:
         item = rng.choice(["muffins", "cookies", "rolls", "cupcakes", "pretzels"])
         a, b = rng.randint(3, 12), rng.randint(6, 24)
         c = rng.randint(1, a * b - 2)
-        if (a * b - c) % 2:
-            c += 1
+        c += (a * b - c) % 2  # the rest must halve
         q = (f"A bakery bakes {a} trays of {item} with {b} {item} on each tray. It sells {c} in the "
              "morning and half of the rest in the afternoon. How many are left at the end of the day?")
         total = s.calc("The bakery bakes ", f"{a} * {b}", a * b, f" {item}.")
@@ -346,8 +343,7 @@ def _hard(rng: random.Random) -> tuple[str, str]:
         ans = s.calc(f"{name} gets ", f"{pay} - {due}", pay - due, " in change.", money=True)
     elif kind == 1:
         a, b, c, d = rng.randint(30, 70), rng.randint(1, 5), rng.randint(20, 60), rng.randint(1, 4)
-        e = rng.choice([10, 20, 25, 30])
-        f = rng.randint(2, 5)
+        e, f = rng.choice([10, 20, 25, 30]), rng.randint(2, 5)
         miles = a * b + c * d
         extra = (-miles) % e  # make the gallons whole by driving a little further
         last = f", and finally {extra} more miles to a friend's house" if extra else ""
