@@ -155,11 +155,8 @@ class TrainingConfig:
     def evaluation_fields(self, name: str) -> tuple[str, ...]:
         """The fields an evaluation of model `name` depends on (parts 06, 07): the baseline only
         on decoding, data and rewards; "sft" also on SFT's; anything else on all."""
-        if name == "baseline":
-            return EVAL_FIELDS
-        if name == "sft":
-            return tuple(dict.fromkeys(EVAL_FIELDS + SFT_FIELDS))
-        return tuple(self.to_dict())
+        fields = {"baseline": EVAL_FIELDS, "sft": tuple(dict.fromkeys(EVAL_FIELDS + SFT_FIELDS))}
+        return fields.get(name, tuple(self.to_dict()))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the configuration as JSON (part 02 saves it into the run directory)."""
@@ -177,8 +174,7 @@ class TrainingConfig:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err}); delete it, rerun part 02.") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object of config fields, "
-                             f"not {type(data).__name__}.")
+            raise ValueError(f"{path} holds a {type(data).__name__}, not a JSON object of fields.")
         _check_field_names(data)
         return cls(**data)
 

@@ -1,7 +1,5 @@
 """Where the course runs: Kaggle or not, devices and mesh, output folders, secrets (part 01).
-
-JAX is imported inside functions: part 01 uses this module before JAX is installed.
-"""
+JAX is imported inside functions: part 01 uses this module before JAX is installed."""
 
 from __future__ import annotations
 
@@ -24,33 +22,24 @@ def is_kaggle() -> bool:
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or os.environ.get("KAGGLE_URL_BASE"))
 
 
-def accelerator() -> str:
-    """'tpu', 'gpu' or 'cpu': the platform of the first JAX device."""
-    import jax
-
-    name = jax.devices()[0].platform.lower()
-    return {"cuda": "gpu", "rocm": "gpu"}.get(name, name)
-
-
 def default_profile() -> str:
-    """The profile the hardware suggests: TPU → 'tpu', GPU → 'gpu', otherwise 'cpu'."""
+    """The profile the first JAX device suggests: TPU → 'tpu', GPU → 'gpu', otherwise 'cpu'."""
     try:
-        return {"tpu": "tpu", "gpu": "gpu"}.get(accelerator(), "cpu")
+        import jax
+
+        name = jax.devices()[0].platform.lower()
     except Exception:  # JAX missing or no backend: the CPU profile still works
         return "cpu"
+    return {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}.get(name, "cpu")
 
 
 def run_dir(profile: str, create: bool = True) -> Path:
     """The folder of a profile's outputs: `COURSE_RUN_DIR`, else /kaggle/working/runs/<profile>
     on Kaggle (continuing an attached earlier kernel's), else runs/<profile> in the checkout."""
     override = os.environ.get("COURSE_RUN_DIR", "").strip()
-    if override:
-        path = Path(override).expanduser()
-    elif is_kaggle():
-        path = KAGGLE_WORKING / "runs" / profile
-    else:
-        base = PACKAGE_ROOT if (PACKAGE_ROOT / "notebooks").is_dir() else Path.cwd()
-        path = base / "runs" / profile
+    checkout = PACKAGE_ROOT if (PACKAGE_ROOT / "notebooks").is_dir() else Path.cwd()
+    root = KAGGLE_WORKING if is_kaggle() else checkout
+    path = Path(override).expanduser() if override else root / "runs" / profile
     if create:
         path.mkdir(parents=True, exist_ok=True)
         source = restore_previous_run(profile, path) if is_kaggle() and not override else None
@@ -60,9 +49,8 @@ def run_dir(profile: str, create: bool = True) -> Path:
 
 
 def restore_previous_run(profile: str, target: Path, inputs: Path | None = None) -> Path | None:
-    """Copy the newest `runs/<profile>` of an earlier kernel attached as input (up to 3 levels below
-    /kaggle/input) into `target` if it holds no files (work is never overwritten); returns the
-    source or None. The copy goes through a temp folder renamed into place."""
+    """Copy the newest `runs/<profile>` of an earlier kernel's output attached as input into an
+    empty `target` (work is never overwritten) through a temp folder; returns the source or None."""
     if target.is_dir() and any(f.is_file() for f in target.rglob("*")):
         return None
 
@@ -70,11 +58,10 @@ def restore_previous_run(profile: str, target: Path, inputs: Path | None = None)
         return max((f.stat().st_mtime for f in path.rglob("*") if f.is_file()), default=0.0)
 
     inputs = KAGGLE_INPUT if inputs is None else inputs
-    found = {p for d in ("*", "*/*", "*/*/*") for p in inputs.glob(f"{d}/runs/{profile}")}
-    found = [p for p in found if p.is_dir() and newest(p) > 0]
-    if not found:
+    found = [p for d in ("*", "*/*", "*/*/*") for p in inputs.glob(f"{d}/runs/{profile}")]
+    source = max(found, key=lambda p: (newest(p), str(p)), default=None)
+    if source is None or newest(source) == 0:  # nothing attached, or no files in it
         return None
-    source = max(found, key=lambda p: (newest(p), str(p)))
     tmp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
@@ -140,8 +127,6 @@ def mesh_problems(shape: tuple[int, int], model_config: Any) -> list[str]:
     """Why a (fsdp, tp) mesh cannot hold this Gemma 3 (part 01); empty when it can. An axis of
     size k splits only dimensions k divides: Gemma 3 1B's 4 query heads rule out tp=8."""
     sizes = dict(zip(("fsdp", "tp"), (int(x) for x in shape)))
-    if min(sizes.values()) < 1:
-        return [f"mesh shape {tuple(shape)} must have positive sizes"]
     problems: dict[str, list[str]] = {}
     for where, dims, spec in weight_specs(model_config):
         for dim, axes in zip(dims, spec):
@@ -155,9 +140,7 @@ def mesh_problems(shape: tuple[int, int], model_config: Any) -> list[str]:
 
 
 def valid_mesh_shapes(n_devices: int, model_config: Any) -> list[tuple[int, int]]:
-    """Every (fsdp, tp) with fsdp × tp = n_devices that can hold the model, most tp first: the
-    first is the course's choice ((2, 4) for Gemma 3 1B on 8 devices: tp splits the logits,
-    the largest activation; `python -m tools.rehearse --compare-meshes` measures the others)."""
+    """Every (fsdp, tp) of `n_devices` that can hold the model, most tp first (part 01 says why)."""
     shapes = [(n_devices // tp, tp) for tp in range(n_devices, 0, -1) if n_devices % tp == 0]
     return [s for s in shapes if not mesh_problems(s, model_config)]
 
@@ -166,30 +149,29 @@ def choose_mesh_shape(n_devices: int, model_config: Any) -> tuple[int, int]:
     """The first of `valid_mesh_shapes` (part 01): (2, 4) on 8 devices, (1, 4) on 4, (1, 1) on 1."""
     shapes = valid_mesh_shapes(n_devices, model_config)
     if not shapes:
-        why = "; ".join(mesh_problems((n_devices, 1), model_config))
+        why = "; ".join(mesh_problems((n_devices, 1), model_config)) if n_devices > 0 else "none"
         raise ValueError(f"no (fsdp, tp) mesh of {n_devices} devices can hold this model: {why}. "
                          "Use fewer devices.")
     return shapes[0]
 
 
 def make_mesh(shape: tuple[int, int] | None = None, model_config: Any = None) -> Any:
-    """A ('fsdp', 'tp') `jax.sharding.Mesh` over all devices (part 01): `shape`, else
-    `choose_mesh_shape` (or (1, n) without a model); a shape that does not fit raises ValueError.
-    (jax.make_mesh's explicit axes break Gemma 3's embedding gather in jax 0.10.)"""
+    """A ('fsdp', 'tp') Mesh of all devices (part 01): `shape`, else `choose_mesh_shape`, else
+    (1, n) without a model. (jax.make_mesh's explicit axes break Gemma 3's embedding gather.)"""
     import jax
     import numpy as np
 
     devices = jax.devices()
+    n = len(devices)
     if shape is None:
-        n = len(devices)
         shape = (1, n) if model_config is None else choose_mesh_shape(n, model_config)
     shape = (int(shape[0]), int(shape[1]))
-    if shape[0] * shape[1] != len(devices):
-        raise ValueError(f"mesh shape {shape} needs {shape[0] * shape[1]} devices but "
-                         f"{len(devices)} are present; use a shape whose product is {len(devices)}.")
+    if min(shape) < 1 or shape[0] * shape[1] != n:
+        raise ValueError(f"mesh shape {shape} needs {shape[0] * shape[1]} devices but {n} are "
+                         f"present; use two positive sizes whose product is {n}.")
     problems = mesh_problems(shape, model_config) if model_config is not None else []
     if problems:
-        good = valid_mesh_shapes(len(devices), model_config)
+        good = valid_mesh_shapes(n, model_config)
         raise ValueError(f"mesh shape {shape} cannot hold this model: {'; '.join(problems)}. "
                          f"Shapes that can: {good} (choose_mesh_shape picks the first).")
     return jax.sharding.Mesh(np.array(devices).reshape(shape), ("fsdp", "tp"))
@@ -200,9 +182,8 @@ class DeviceMismatch(RuntimeError):
 
 
 def check_devices(config: Any, devices: Any = None) -> None:
-    """Refuse to run the `tpu` profile anywhere but on its TPU chips (parts 01, 04, 06), so that a
-    session without a TPU never trains Gemma 3 1B on the host CPU. COURSE_TPU_DEVICES=N sets
-    another chip count, COURSE_SKIP_DEVICE_CHECK=1 skips; the tiny model is not checked."""
+    """Refuse the `tpu` profile (but its tiny model) anywhere but on its TPU chips (parts 01, 04,
+    06), so that a session without a TPU never trains Gemma 3 1B on the host CPU."""
     if getattr(config, "profile", None) != "tpu" or getattr(config, "model", None) == "tiny":
         return
     if os.environ.get("COURSE_SKIP_DEVICE_CHECK", "").strip() == "1":
@@ -212,10 +193,9 @@ def check_devices(config: Any, devices: Any = None) -> None:
     if not text.isdigit() or int(text) < 1:
         raise DeviceMismatch(f"COURSE_TPU_DEVICES={text!r} must be a whole number of TPU devices "
                              f"(like 8), or unset for {TPU_DEVICES}.")
-    if devices is None:
-        import jax
+    import jax
 
-        devices = jax.devices()
+    devices = jax.devices() if devices is None else devices
     if len(devices) == int(text) and all(d.platform.lower() == "tpu" for d in devices):
         return
     kinds = Counter(f"{d.platform.lower()} ({d.device_kind})" for d in devices)
@@ -228,26 +208,22 @@ def check_devices(config: Any, devices: Any = None) -> None:
 
 
 def describe() -> dict[str, Any]:
-    """This machine for part 01: platform, devices, memory JAX may use per device (GiB), Kaggle,
-    and the versions of JAX, jaxlib, libtpu and the course's libraries."""
+    """This machine for part 01: devices, memory JAX may use on each (GiB), library versions."""
     import jax
 
+    from course_utils.install import installed_version
+
     devices = jax.devices()
-    limits = []
-    for d in devices:
-        try:
-            limits.append((d.memory_stats() or {}).get("bytes_limit"))
-        except Exception:  # not implemented on some backends
-            limits.append(None)
-    info: dict[str, Any] = {
-        "python": platform.python_version(), "jax": jax.__version__, "accelerator": accelerator(),
-        "device_count": len(devices), "device_kind": devices[0].device_kind,
+    try:
+        limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+    except Exception:  # not implemented on some backends
+        limits = [None]
+    libraries = ("jaxlib", "libtpu", "google-tunix", "flax", "optax", "orbax-checkpoint", "qwix")
+    return {
+        "python": platform.python_version(), "jax": jax.__version__, "device_count": len(devices),
+        "accelerator": devices[0].platform, "device_kind": devices[0].device_kind,
         "device_memory_gib": [round(m / 2**30, 2) for m in limits] if all(limits)
         else "not reported by this backend",
         "kaggle": is_kaggle(), "default_profile": default_profile(),
+        **{name: installed_version(name) or "not installed" for name in libraries},
     }
-    from course_utils.install import installed_version
-
-    for dist in ("jaxlib", "libtpu", "google-tunix", "flax", "optax", "orbax-checkpoint", "qwix"):
-        info[dist] = installed_version(dist) or "not installed"
-    return info

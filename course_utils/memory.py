@@ -1,7 +1,5 @@
-"""How much device memory a GRPO step with LoRA needs, from the configuration (part 04).
-
-The KV cache and the update's temporaries are not live at once: the total over-counts a little.
-"""
+"""How much device memory a GRPO step with LoRA needs, from the configuration (part 04). The KV
+cache and the update's temporaries are not live at once: the total over-counts a little."""
 
 from __future__ import annotations
 

@@ -25,15 +25,17 @@ def test_kaggle_detection(monkeypatch):
     assert env.is_kaggle()
 
 
-def test_accelerator_and_default_profile_on_this_machine():
-    assert env.accelerator() == "cpu"
+def test_default_profile_on_this_machine():
     assert env.default_profile() == "cpu"
 
 
 def test_default_profile_follows_the_accelerator(monkeypatch):
-    for platform, profile in (("tpu", "tpu"), ("gpu", "gpu"), ("cpu", "cpu")):
-        monkeypatch.setattr(env, "accelerator", lambda p=platform: p)
+    for platform, profile in (("tpu", "tpu"), ("gpu", "gpu"), ("cuda", "gpu"), ("cpu", "cpu"), ("metal", "cpu")):
+        device = type("Device", (), {"platform": platform})()
+        monkeypatch.setattr(jax, "devices", lambda d=device: [d])
         assert env.default_profile() == profile
+    monkeypatch.setattr(jax, "devices", lambda: 1 / 0)  # no backend: the CPU profile still works
+    assert env.default_profile() == "cpu"
 
 
 def test_run_dir_override_kaggle_and_local(monkeypatch, tmp_path):
