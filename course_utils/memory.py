@@ -24,10 +24,10 @@ TARGETS = (
     {"name": "Gemma 3 270M on CPU", "profile": "cpu", "mesh": (1, 1), "device_gib": None,
      "devices": "host RAM"},
 )
-# Bytes per unit of each `update_terms` term, fitted (least squares on relative error) to XLA's
-# compiled analysis of Tunix's train step (tools.rehearse) for 21 tiny-model variants and Gemma 3
-# 1B on (2, 4): within ±11 % on (1, 1) and (2, 4), 20-35 % low on (4, 2) and (8, 1). CPU XLA's
-# buffer assignment, not a TPU's; tests/test_memory.py checks it on a shape it never saw.
+# Bytes per unit of each term of the update's temporaries, fitted (least squares on relative error)
+# to XLA's compiled analysis of Tunix's train step (tools.rehearse) for 21 tiny-model variants and
+# Gemma 3 1B on (2, 4): within ±11 % on (1, 1) and (2, 4), 20-35 % low on (4, 2) and (8, 1). CPU
+# XLA's buffer assignment, not a TPU's; tests/test_memory.py checks it on a shape it never saw.
 UPDATE_FIT = {"logits": 3.42, "gathered logits": 0.82, "layers": 3.79, "attention": 1.94,
               "weights": 10.83}
 
