@@ -116,33 +116,27 @@ class TrimmedTokenizer:
         return self.full.id_to_piece(int(self.kept[new]))
 
 
-def trim_model(model: Any, kept: Sequence[int]) -> Any:
-    """Keep only the embedding rows `kept` of a Tunix Gemma 3, in place (returns the model). The
-    embedding is tied: logit j of the trimmed model is the full model's logit `kept[j]`."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    param = model.embedder.input_embedding
-    table = param.get_value()
-    rows = jnp.asarray(np.asarray(kept, dtype=np.int32))
-    trimmed = jax.device_put(jnp.take(table, rows, axis=0), table.sharding)
-    model.embedder.input_embedding = nnx.Param(trimmed, **param.get_metadata())
-    if dataclasses.is_dataclass(getattr(model, "config", None)):
-        model.config = dataclasses.replace(model.config, num_embed=len(kept))
-    return model
-
-
 def is_trimmed(tokenizer: Any) -> bool:
     """Whether a tokenizer is a `TrimmedTokenizer` (or Tunix's adapter around one)."""
     return isinstance(getattr(tokenizer, "tokenizer", tokenizer), TrimmedTokenizer)
 
 
 def trim_loaded(loaded: Any, kept: Sequence[int] | None = None) -> Any:
-    """A `LoadedModel` whose model, tokenizer and ModelConfig use only the `kept` ids (default:
-    the committed list, `kept_ids_for`)."""
+    """A `LoadedModel` whose model (in place), tokenizer and ModelConfig use only the `kept` ids
+    (default: the committed list, `kept_ids_for`). The embedding is tied: logit j of the trimmed
+    model is the full model's logit `kept[j]`."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
     kept = list(kept) if kept is not None else kept_ids_for(loaded.tokenizer)
-    trim_model(loaded.model, kept)
+    model, param = loaded.model, loaded.model.embedder.input_embedding
+    table = param.get_value()
+    rows = jnp.asarray(np.asarray(kept, dtype=np.int32))
+    trimmed = jax.device_put(jnp.take(table, rows, axis=0), table.sharding)
+    model.embedder.input_embedding = nnx.Param(trimmed, **param.get_metadata())
+    if dataclasses.is_dataclass(getattr(model, "config", None)):
+        model.config = dataclasses.replace(model.config, num_embed=len(kept))
     return dataclasses.replace(
         loaded, tokenizer=TrimmedTokenizer(loaded.tokenizer, kept),
         model_config=dataclasses.replace(loaded.model_config, num_embed=len(kept)),
