@@ -60,10 +60,8 @@ def candidate_prompts(examples: Sequence[Any], config: Any, n: int | None = None
     wanted = {d.strip() for d in config.filter_difficulties.split(",")}
     pool = [e for e in examples if getattr(e, "difficulty", None) in wanted]
     if not pool:
-        raise ValueError(
-            f"no training example has a difficulty in filter_difficulties={config.filter_difficulties!r}; "
-            "use easy, medium and/or hard, comma-separated"
-        )
+        raise ValueError(f"no training example has a difficulty in filter_difficulties="
+                         f"{config.filter_difficulties!r}; use easy, medium and/or hard, comma-separated")
     random.Random(config.seed + 17).shuffle(pool)
     n = config.filter_candidates if n is None else int(n)
     chosen = pool[skip:skip + n]
@@ -92,9 +90,8 @@ def score_samples(example: Any, replies: Sequence[str], tokenizer: Any, config: 
 def measure_pass_rates(model: Any, tokenizer: Any, model_config: Any, examples: Sequence[Any], config: Any,
                        directory: str | os.PathLike, *, name: str, k: int | None = None, seed: int | None = None,
                        checkpoint: Any = None, progress: bool = True) -> list[PassRate]:
-    """One `PassRate` per example (part 06): k replies each (`config.filter_samples_k`), sampled
-    at the rollout settings, `config.eval_batch_size // k` prompts per batch, cached in
-    `directory` (a re-run skips what is there; `checkpoint` names the weights)."""
+    """One `PassRate` per example (part 06): k replies each (default `config.filter_samples_k`) at
+    the rollout settings, cached in `directory` (`checkpoint` names the weights)."""
     k = config.filter_samples_k if k is None else int(k)
     seed = config.seed if seed is None else int(seed)
     if k < 1:
