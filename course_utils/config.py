@@ -294,7 +294,7 @@ def _check_type(name: str, kind: str, v: Any) -> None:
 def _validate(c: TrainingConfig) -> None:
     """Check every field; the first bad one raises ValueError(field, value, what is allowed)."""
     for f in dataclasses.fields(c):
-        _check_type(f.name, str(f.type), getattr(c, f.name))
+        _check_type(f.name, str(f.type), getattr(c, f.name))  # "int | None": annotations are text
     if not re.search("/(flax|transformers)/", str(c.kaggle_handle)):
         _fail("kaggle_handle", c.kaggle_handle, "use a Kaggle model handle owner/model/"
               "flax|transformers/variant, e.g. google/gemma-3/flax/gemma3-1b-it")
