@@ -110,8 +110,15 @@ class _Reply:
         low, high = VERBOSE_WORDS
         length, looping = (self.words - low) / (high - low), (self.repeated_share - 0.2) / 0.6
         self.verbosity = min(1.0, max(0.0, length, looping))
+        low, high = IDEAL_WORDS
+        self.efficiency = min(self.words / low, 1.0, max(0.0, 1 - (self.words - high) / (3 * high)))
+
+    @functools.cached_property
+    def overconfidence(self) -> float:
+        """0, 0.5 or 1: no, one, or two or more over-confident phrases."""
+        s = self.text
         view = s if len(s) <= 25_000 else s[:20_000] + "\n" + s[-5_000:]
-        self.overconfidence = sum(1 for _ in itertools.islice(_OVERCONFIDENT.finditer(view), 2)) / 2
+        return sum(1 for _ in itertools.islice(_OVERCONFIDENT.finditer(view), 2)) / 2
 
     @functools.cached_property
     def trace(self) -> _Trace:
@@ -402,12 +409,11 @@ def _components(reply: _Reply, correct: bool, difficulty: str | None) -> dict[st
         coherence = t.quality * (0.35 * min(1.0, t.steps / expected) + 0.35 * equations
                                  + 0.15 * min(1.0, t.connectives / 2) + 0.15 * t.leads)
         coherence = min(1.0, max(0.0, coherence))
-    words, (low, high) = reply.words, IDEAL_WORDS
     return {
         "format": reply.format_score,
         "coherence": coherence,
         "correctness": CORRECT_BASE + (1.0 - CORRECT_BASE) * coherence if correct else 0.0,
-        "efficiency": min(words / low, 1.0, max(0.0, 1.0 - (words - high) / (3 * high))),
+        "efficiency": reply.efficiency,
         "calibration": 1.0 if correct else 1.0 - reply.overconfidence,
     }
 
@@ -436,7 +442,7 @@ def correctness_reward(response: Any, ground_truth: Any, difficulty: str | None 
 
 def efficiency_reward(response: Any) -> float:
     """1 for 20–250 words, less when shorter, falling to 0 at 1,000 words (part 03)."""
-    return _components(_Reply(response), False, None)["efficiency"]
+    return _Reply(response).efficiency
 
 
 def calibration_reward(response: Any, ground_truth: Any) -> float:
@@ -580,14 +586,15 @@ def make_reward_fns(config: Any,
 
     def breakdowns(prompts: Any, completions: Any, answer: Any, kwargs: dict) -> list[Any]:
         n, step = len(completions), step_fn() if step_fn is not None else None
-        columns = {name: _as_list(values, n, name) for name, values in (
-            ("completions", completions), ("answer", answer), ("difficulty", kwargs.get("difficulty")),
-            ("question", kwargs.get("question", prompts)))}
-        key = (*map(tuple, columns.values()), step)
+        completions = _as_list(completions, n, "completions")
+        answers = _as_list(answer, n, "answer")
+        difficulties = _as_list(kwargs.get("difficulty"), n, "difficulty")
+        questions = _as_list(kwargs.get("question", prompts), n, "question")
+        key = (tuple(completions), tuple(answers), tuple(difficulties), tuple(questions), step)
         if state["key"] != key:
-            state["key"], state["value"] = key, score_batch(
-                columns["completions"], columns["answer"], config, step, columns["difficulty"],
-                questions=columns["question"])
+            state["value"] = score_batch(completions, answers, config, step, difficulties,
+                                         questions=questions)
+            state["key"] = key
         return state["value"]
 
     def component_fn(name: str) -> Callable[..., list[float]]:
