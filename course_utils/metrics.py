@@ -1,16 +1,7 @@
-"""Per-step training metrics as a Tunix logging backend: one JSONL row per step (part 06).
-
-Tunix's trainers log every scalar to the backends of their `MetricsLoggerOptions` (TensorBoard
-by default). `StepMetrics(run_dir, "grpo")` is one more backend: it gathers the events of each
-step into one row and appends it to ``run_dir/metrics_grpo.jsonl`` (flushed and fsync'ed: a kill
-loses at most the steps not yet written), mirrored to ``metrics_grpo.csv`` for spreadsheets.
-`StepMetrics.options()` is what the trainer's config takes. After a resume, `resume(step)` drops
-the rows logged after the restored checkpoint, so no step is written twice.
-
-GRPO rows: `reward_mean`/`_std` and per component, `accuracy`, `format_rate`,
-`mixed_group_frac`, `zero_advantage_frac`, `truncation_rate`, `completion_length_mean`,
-`policy_loss`, `kl`, `entropy`, `weight_<component>`, `phase`, `learning_rate`,
-`seconds_per_step`, `batch_index`; SFT rows: `loss`, `learning_rate`, `seconds_per_step`.
+"""Per-step training metrics as a Tunix logging backend (part 06): `StepMetrics(run_dir, "grpo")`
+gathers each step's events into one row of ``metrics_grpo.jsonl`` (fsync'ed as written), mirrored
+to ``metrics_grpo.csv``. GRPO rows: Tunix's `policy_loss`, `kl`, `completion_length_mean`, ... and
+`grpo_step_metrics`'s `reward_*`, `accuracy`, `mixed_group_frac`, ...; SFT rows: `loss`.
 """
 
 from __future__ import annotations
@@ -32,9 +23,7 @@ from tunix.sft import metrics_logger
 from course_utils.files import atomic_write
 
 REWARD_COMPONENTS = ("format", "coherence", "correctness", "efficiency", "calibration")
-
-# Tunix logs rollout-side metrics at the 0-based batch index and the trainer's at the 1-based
-# update step: update s learns from the rollouts of batch s - 1, so those shift by one.
+# Tunix logs rollout metrics at the 0-based batch and the trainer's at the 1-based update: shift those.
 SOURCES = {"grpo": {"actor": 0, "completions": 1, "course": 1}, "sft": {"": 0}}
 RENAME = {
     "actor/loss": "policy_loss", "actor/kl": "kl", "actor/grad_norm": "grad_norm",
@@ -45,14 +34,8 @@ SKIP = {"actor/perplexity", "completions/min_length"}
 
 
 class StepMetrics:
-    """A Tunix/metrax logging backend that writes one metrics row per step of `stage` (part 06).
-
-    Events named ``<prefix>/train/<name>`` of the stage's `SOURCES` prefixes are gathered per
-    step (others, Tunix's duplicates and JAX/Orbax internals, are ignored); `extra(step)` adds
-    the course's own fields. A row is written once two later steps have been seen (events of
-    one step may arrive late), when `flush(step)` is called (a checkpoint of `step` is being
-    saved) and on `close`.
-    """
+    """A Tunix logging backend writing one row per step of `stage`, from its `SOURCES` events and
+    `extra(step)`; a row is written once two later steps were seen, at `flush(step)` and `close`."""
 
     def __init__(self, run_dir: str | os.PathLike, stage: str,
                  extra: Callable[[int], dict[str, Any]] = lambda step: {}) -> None:
@@ -65,9 +48,8 @@ class StepMetrics:
         self.rows = read_metrics(self.path) if self.path.exists() else []
         self.pending: dict[int, dict[str, Any]] = {}
         self.arrived: dict[int, float] = {}
-        text = self.path.read_text(errors="replace") if self.path.exists() else ""
-        if text and not text.endswith("\n"):  # a line cut by a kill: a new row would glue onto it
-            self.resume(self.last_step)
+        if self.path.exists() and self.path.read_text(errors="replace")[-1:] not in ("", "\n"):
+            self.resume(self.last_step)  # a line cut by a kill: a new row would glue onto it
 
     def options(self) -> Any:
         """Tunix's `MetricsLoggerOptions`: TensorBoard under ``run_dir/tensorboard/<stage>`` and this."""
@@ -98,27 +80,23 @@ class StepMetrics:
         self._write_csv()
 
     def _write_csv(self) -> None:
-        columns = list(dict.fromkeys(k for r in self.rows for k in r))
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+        writer = csv.DictWriter(buffer, list(dict.fromkeys(k for r in self.rows for k in r)), lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write(self.csv_path, buffer.getvalue())
 
-    # --- Tunix's LoggingBackend protocol ---------------------------------------------------
     def log_scalar(self, event: str, value: Any, **kwargs: Any) -> None:
-        step = kwargs.get("step")
-        prefix, _, rest = event.partition("/")
+        """Tunix's LoggingBackend protocol: keep `<prefix>/train/<name>` events of the stage's sources."""
+        step, (prefix, _, rest) = kwargs.get("step"), event.partition("/")
         mode, _, name = rest.partition("/")
-        key = f"{prefix}/{name}"
-        if step is None or mode != "train" or prefix not in self.sources or not name or key in SKIP:
+        if step is None or mode != "train" or prefix not in self.sources or not name or f"{prefix}/{name}" in SKIP:
             return
         step = int(step) + self.sources[prefix]
         try:
-            number = float(np.asarray(value).mean())
+            self.pending.setdefault(step, {})[RENAME.get(f"{prefix}/{name}", name)] = float(np.asarray(value).mean())
         except (TypeError, ValueError):
             return
-        self.pending.setdefault(step, {})[RENAME.get(key, name)] = number
         if self.sources[prefix] == 0:
             self.arrived.setdefault(step, time.perf_counter())
         self.flush(step - 2)
@@ -137,8 +115,7 @@ class StepMetrics:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a metrics JSONL file (part 06). A last line cut short by a kill is ignored;
-    any other unreadable line is skipped with a warning naming it."""
+    """The rows of a metrics JSONL file; a last line cut by a kill is ignored, others warned about."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No metrics at {path}. Part 06's training writes metrics_<stage>.jsonl into the "
@@ -149,8 +126,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             row = json.loads(line) if line.strip() else None
         except ValueError:
-            row = "torn" if number == len(lines) else None  # no newline after it: cut by a kill
-            if row is None:
+            row = None
+            if number < len(lines):  # the last has no newline after it: cut by a kill
                 warnings.warn(f"{path}: line {number} is not valid JSON; skipped.", stacklevel=2)
         if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows.append(row)

@@ -151,16 +151,15 @@ sft_config = peft_trainer.TrainingConfig(
     checkpoint_root_directory=str(checkpoint_dir(RUN_DIR, "sft")),
     checkpointing_options=ocp.CheckpointManagerOptions(save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints),
     metrics_logging_options=sft_metrics.options())
-sft_trainer = peft_trainer.PeftTrainer(actor, sft_optimizer, sft_config).with_gen_model_input_fn(sft_model_inputs(tokenizer))
+sft_trainer = peft_trainer.PeftTrainer(actor, sft_optimizer, sft_config).with_gen_model_input_fn(sft_model_inputs)
 
 # %% [markdown]
 # The session's budget also has to cover the two evaluations after SFT: they are timed from
 # the baseline's, and kept out of SFT's share.
 
 # %%
-from course_utils.training import evaluation_minutes
-
-eval_minutes = evaluation_minutes(config, RUN_DIR, len(held_out))
+eval_seconds = base.settings.get("seconds_greedy", 0) + base.settings.get("seconds_sampled", 0)
+eval_minutes = 1.25 * eval_seconds / 60  # with a margin: the replies' lengths vary
 print(f"keeping {2 * eval_minutes:.1f} min of the budget for the SFT and final evaluations")
 deadline = budget.reserve(2 * eval_minutes)
 
@@ -208,9 +207,17 @@ print(markdown_table([base, sft_eval], ["format", "strict"]))
 # does (it has no SFT stage). With β = 0 there is no KL term, and no reference model at all.
 
 # %% tags=["reference"]
-from course_utils.training import make_reference
+from flax import nnx
 
-reference = make_reference(loaded.model, actor, config, mesh)
+from course_utils.lora import apply_lora, lora_state
+
+if config.beta == 0:
+    reference = None  # no KL term: Tunix computes no reference log-probabilities
+elif config.grpo_reference == "base" or config.sft_steps == 0:
+    reference = loaded.model
+else:  # a second LoRA wrapper of the same base weights, holding a copy of the SFT LoRA weights
+    reference = apply_lora(loaded.model, config, mesh)
+    nnx.update(reference, lora_state(actor))
 print("reference model:", "none (beta = 0)" if reference is None else config.grpo_reference)
 
 # %% [markdown]
@@ -325,23 +332,59 @@ rl_training_config = rl_cluster_lib.RLTrainingConfig(
 # %% [markdown]
 # **`ClusterConfig` and `RLCluster`.** Which mesh each role runs on (actor, reference and
 # rollout share one here), the rollout engine (Tunix's own "vanilla" sampler), and the two
-# configs above; the cluster holds the models and the trainer. With `learn_to_stop`, the
-# course puts `<end_of_turn>` back on every reply that stopped by itself (Tunix's rollout cuts
-# it off, so stopping would never get credit); `time_phases` times each part of a step.
+# configs above; the cluster holds the models and the trainer.
 
 # %% tags=["rl_cluster"]
 from tunix.rl import rl_cluster as rl_cluster_lib
-
-from course_utils.training import end_of_turn_id, keep_stop_token, time_phases
 
 roles = rl_cluster_lib.Role
 cluster_config = rl_cluster_lib.ClusterConfig(
     role_to_mesh={roles.ACTOR: mesh, roles.REFERENCE: mesh, roles.ROLLOUT: mesh},
     rollout_engine="vanilla", offload_to_cpu=False, training_config=rl_training_config, rollout_config=rollout_config)
 rl_cluster = rl_cluster_lib.RLCluster(actor=actor, reference=reference, tokenizer=tokenizer, cluster_config=cluster_config)
+
+# %% [markdown]
+# **Learning to stop.** Tunix's rollout cuts the stop token off every reply, so the loss never
+# sees the decision to stop, and a policy that rambles to the limit is not told it should have
+# stopped. With `learn_to_stop`, `<end_of_turn>` goes back on every reply shorter than the
+# limit (it stopped by itself); a reply that ran to the limit never stopped and stays as it is.
+
+# %% tags=["stop_token"]
+import numpy as np
+
+from course_utils.tokenizer import END_OF_TURN_ID
+
+
+def with_stop_tokens(output):  # a reply shorter than the limit stopped by itself
+    output.tokens = [np.append(t, END_OF_TURN_ID).astype(t.dtype) if len(t) < config.max_generation_length
+                     else np.asarray(t) for t in output.tokens]
+    return output
+
+
 if config.learn_to_stop:
-    keep_stop_token(rl_cluster, config, end_of_turn_id(tokenizer))
-timings = time_phases(rl_cluster)
+    sample = rl_cluster.generate
+    rl_cluster.generate = lambda *args, **kwargs: with_stop_tokens(sample(*args, **kwargs))
+
+# %% [markdown]
+# Each call of the rollout (`generate`), of the reference and old log-probabilities and of the
+# update (`update_actor`) is timed, to show where a step's time goes (section 5).
+
+# %% tags=["timings"]
+import functools
+import time
+
+timings = {}  # seconds per call of each of the cluster's methods a GRPO step runs
+
+
+def timed(phase, method, *args, **kwargs):
+    began = time.perf_counter()
+    out = method(*args, **kwargs)
+    timings.setdefault(phase, []).append(time.perf_counter() - began)
+    return out
+
+
+for phase in ("generate", "get_ref_per_token_logps", "get_old_per_token_logps", "update_actor"):
+    setattr(rl_cluster, phase, functools.partial(timed, phase, getattr(rl_cluster, phase)))
 
 # %% [markdown]
 # **The rewards.** Part 03's composite reward as Tunix reward functions
@@ -369,13 +412,10 @@ print([fn.__name__ for fn in reward_fns])
 # %% tags=["learner"]
 from tunix.rl.grpo.grpo_learner import GRPOLearner
 
-from course_utils.training import grpo_step_metrics, show_on_progress_bar
+from course_utils.training import grpo_step_metrics
 
-learner = GRPOLearner(
-    rl_cluster=rl_cluster, algo_config=grpo_config, reward_fns=reward_fns,
-    metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns,
-                                  show=lambda values: show_on_progress_bar(rl_cluster.actor_trainer, values))],
-)
+learner = GRPOLearner(rl_cluster=rl_cluster, algo_config=grpo_config, reward_fns=reward_fns,
+                      metric_fns=[grpo_step_metrics(config, tokenizer, reward_fns, rl_cluster)])
 
 # %% [markdown]
 # GRPO may use the budget left less one evaluation (timed from the SFT evaluation).
@@ -385,9 +425,8 @@ learner = GRPOLearner(
 # shows the time left, the loss and KL, and the reward and accuracy of the step's rollouts.
 
 # %%
-from course_utils.training import evaluation_minutes
-
-deadline = budget.reserve(evaluation_minutes(config, RUN_DIR, len(held_out)))
+eval_seconds = sft_eval.settings.get("seconds_greedy", 0) + sft_eval.settings.get("seconds_sampled", 0)
+deadline = budget.reserve(1.25 * eval_seconds / 60)
 
 # %% tags=["grpo"]
 from course_utils.training import run_grpo
@@ -469,7 +508,7 @@ display(Image(str(plot_training_curves(RUN_DIR / "metrics_grpo.jsonl", RUN_DIR /
 # %%
 for phase, seconds in grpo.timings.items():
     if seconds:
-        print(f"{phase:>10}: {len(seconds)} calls, median {sorted(seconds)[len(seconds) // 2]:.2f} s")
+        print(f"{phase:>23}: {len(seconds)} calls, median {sorted(seconds)[len(seconds) // 2]:.2f} s")
 
 # %% [markdown]
 # ## 6. Base → SFT → GRPO

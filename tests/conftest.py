@@ -36,7 +36,7 @@ def short_cpu_config():
 
 def _part06_session(run, config) -> str:
     """Part 06 as one Kaggle session: `config` saved as the run folder's config.json, then
-    `python -m course_utils.training` in a fresh process (the course's own training code)."""
+    `python -m tools.train` in a fresh process (part 06's own cells)."""
     import os
     import subprocess
     import sys
@@ -46,7 +46,7 @@ def _part06_session(run, config) -> str:
     run.mkdir(parents=True, exist_ok=True)
     config.save(run / CONFIG_FILE)
     env = {**os.environ, "COURSE_RUN_DIR": str(run), "JAX_PLATFORMS": "cpu", "COURSE_PROFILE": config.profile}
-    out = subprocess.run([sys.executable, "-m", "course_utils.training"], env=env,
+    out = subprocess.run([sys.executable, "-m", "tools.train"], env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout

@@ -6,7 +6,7 @@
 
 `train` writes the rehearsal's configuration (the tpu profile with a tiny model that has Gemma 3
 1B's head layout: 4 query heads, 1 KV head; lengths and sizes cut) into the run folder and runs
-part 06 through `course_utils.training.main`, the course's own path: mesh, weights placed on it,
+part 06 through `tools.train.main` (part 06's own cells): mesh, weights placed on it,
 LoRA, SFT, GRPO, checkpoints. `--kill-after-grpo-checkpoint K` sends this process SIGKILL as
 soon as GRPO's checkpoint K is on disk, as when a Kaggle session dies; `train` again resumes.
 
@@ -75,7 +75,7 @@ def _kill_after(step: int) -> None:
 
 
 def train(run: Path, kill_after: int | None) -> None:
-    from course_utils import training
+    from tools import train as training
 
     run.mkdir(parents=True, exist_ok=True)
     if not (run / "config.json").exists():
@@ -99,10 +99,10 @@ def first_sft_loss(config: TrainingConfig, loaded, mesh) -> float:
     from tunix.sft import peft_trainer
 
     from course_utils.data import load_splits
-    from course_utils.training import _tokenizer_adapter, sft_batches, sft_model_inputs
+    from course_utils.training import sft_batches, sft_model_inputs
 
     batch = next(sft_batches(load_splits(config)["train"], loaded.tokenizer, config))
-    inputs = sft_model_inputs(_tokenizer_adapter(loaded.tokenizer).pad_id())(batch)
+    inputs = sft_model_inputs(batch)
     return float(nnx.jit(peft_trainer._default_loss_fn)(loaded.model, **inputs))
 
 

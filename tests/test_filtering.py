@@ -124,15 +124,14 @@ def test_measure_pass_rates_samples_k_caches_and_resumes(tiny_loaded, tmp_path, 
 
 def test_grpo_prompts_filter_by_the_actors_own_pass_rate(tiny_loaded, tmp_path):
     examples = load_splits(SMOKE)["train"]
-    assert training.grpo_prompts(SMOKE, tiny_loaded.model, tiny_loaded.tokenizer, examples, tmp_path) == examples
+    tok, model_config = tiny_loaded.tokenizer, tiny_loaded.model_config
+    assert training.grpo_prompts(SMOKE, tiny_loaded.model, tok, examples, tmp_path, model_config) == examples
     config = dataclasses.replace(SMOKE, filter_prompts=True, filter_candidates=4, filter_samples_k=2, eval_batch_size=4)
     # The random tiny model never solves a problem: nothing is solved "sometimes".
     with pytest.raises(ValueError, match="no candidate prompt has a pass rate"):
-        training.grpo_prompts(config, tiny_loaded.model, tiny_loaded.tokenizer, examples, tmp_path,
-                              model_config=tiny_loaded.model_config)
+        training.grpo_prompts(config, tiny_loaded.model, tok, examples, tmp_path, model_config)
     every = dataclasses.replace(config, filter_pass_rate_min=0.0)
-    kept = training.grpo_prompts(every, tiny_loaded.model, tiny_loaded.tokenizer, examples, tmp_path,
-                                 model_config=tiny_loaded.model_config)
+    kept = training.grpo_prompts(every, tiny_loaded.model, tok, examples, tmp_path, model_config)
     assert kept == filtering.candidate_prompts(examples, every)
     assert len(list((tmp_path / "pass_rates").glob("train-before-*.jsonl"))) == 1  # measured once, then read
 

@@ -122,7 +122,8 @@ def test_at_mu_1_the_policy_gradient_term_is_worth_0_or_a_length_term_yet_has_a_
 def test_no_reference_model_when_beta_is_zero(tiny_loaded):
     from course_utils import training
 
-    config = TrainingConfig.for_profile("smoke", beta=0.0)
-    assert training.make_reference(tiny_loaded.model, None, config) is None
-    base = TrainingConfig.for_profile("smoke", grpo_reference="base")
-    assert training.make_reference(tiny_loaded.model, None, base) is tiny_loaded.model
+    def reference(config: TrainingConfig):  # part 06's reference cell
+        return training.run_cells(["reference"], config=config, loaded=tiny_loaded, actor=None, mesh=None)["reference"]
+
+    assert reference(TrainingConfig.for_profile("smoke", beta=0.0)) is None
+    assert reference(TrainingConfig.for_profile("smoke", grpo_reference="base")) is tiny_loaded.model

@@ -1,6 +1,6 @@
 """The tpu profile's code path on 8 simulated CPU devices (issue 12): the mesh the course picks
 for a model with Gemma 3 1B's heads, weights placed on it, LoRA, SFT and GRPO through
-`course_utils.training.main`, a real SIGKILL after a GRPO checkpoint, a resume that finishes,
+`tools.train.main`, a real SIGKILL after a GRPO checkpoint, a resume that finishes,
 then (in the same process) generation, part 07's evaluation, part 08's exports loaded back, and
 a tiny model in the layout of Kaggle's Gemma 3 Flax checkpoint loaded onto the mesh; a second
 process with one device recomputes what must not depend on the mesh.

@@ -119,34 +119,23 @@ def test_reward_step_spans_the_annealing_from_first_to_last_batch(steps, global_
         assert rolled_out[0] == 0
 
 
-def test_completions_keep_the_stop_token_only_when_the_reply_stopped():
-    tokens = [np.array([5, 6, 7], np.int32), np.array([5, 6, 7, 8], np.int32), np.array([], np.int32)]
-    out = training.completions_with_stop(tokens, max_tokens=4, stop_id=106)
-    assert [t.tolist() for t in out] == [[5, 6, 7, 106], [5, 6, 7, 8], [106]]
-    assert all(t.dtype == np.int32 for t in out)
-
-
 def test_the_rollout_hands_the_learner_completions_with_their_stop_token():
-    """`learn_to_stop` wraps the cluster's generate: what GRPOLearner builds its completion ids
-    and masks from then holds the stop token of every reply that ended by itself."""
+    """`learn_to_stop` (part 06's stop_token cell) wraps the cluster's generate: what GRPOLearner
+    builds its completion ids and masks from holds the stop token of every reply that ended by itself."""
     from tunix.rl.rollout.base_rollout import RolloutOutput
-
-    config = dataclasses.replace(SMOKE, max_generation_length=3)
 
     class Cluster:
         def generate(self, prompts, **kwargs):
-            tokens = [np.array([7], np.int32), np.array([7, 8, 9], np.int32)]
-            return RolloutOutput(text=["a", "a b c"], logits=[], tokens=tokens,
-                                 left_padded_prompt_tokens=np.zeros((2, 4), np.int32), logprobs=None)
+            tokens = [np.array([7], np.int32), np.array([7, 8, 9], np.int32), np.array([], np.int32)]
+            return RolloutOutput(text=["a", "a b c", ""], logits=[], tokens=tokens,
+                                 left_padded_prompt_tokens=np.zeros((3, 4), np.int32), logprobs=None)
 
-    cluster = Cluster()
-    training.keep_stop_token(cluster, config, 106)
-    out = cluster.generate(["p", "p"])
-    assert [t.tolist() for t in out.tokens] == [[7, 106], [7, 8, 9]] and out.text == ["a", "a b c"]
-
-
-def test_end_of_turn_is_one_token_of_the_course_tokenizer(tiny_loaded):
-    assert training.end_of_turn_id(tiny_loaded.tokenizer) == 106
+    for learn_to_stop, stopped in ((True, [[7, 106], [7, 8, 9], [106]]), (False, [[7], [7, 8, 9], []])):
+        config = dataclasses.replace(SMOKE, max_generation_length=3, learn_to_stop=learn_to_stop)
+        cluster = training.run_cells(["stop_token"], config=config, rl_cluster=Cluster())["rl_cluster"]
+        out = cluster.generate(["p"] * 3)
+        assert [t.tolist() for t in out.tokens] == stopped and out.text == ["a", "a b c", ""]
+        assert all(t.dtype == np.int32 for t in out.tokens)
 
 
 def test_grpo_batches_are_arrays_with_a_new_seed_each():
@@ -160,7 +149,7 @@ def test_grpo_batches_are_arrays_with_a_new_seed_each():
 
     rollout = Rollout()
     seeds, batches = [], []
-    for batch in training.grpo_batches(order, config, rollout_config=rollout):
+    for batch in training.grpo_batches(order, config, rollout):
         seeds.append(tuple(np.asarray(jax.random.key_data(rollout.seed)).tolist()))
         batches.append(batch)
     assert len(batches) == 3 and len(set(seeds)) == 3
@@ -175,28 +164,25 @@ def test_deadline_stops_batches_but_never_the_fast_forward():
     expired = training.Deadline(1e-9)
     time.sleep(0.01)
     assert expired.expired()
-    got = list(training.grpo_batches(order, dataclasses.replace(SMOKE, max_steps=6), deadline=expired, skip=2))
+    got = list(expired.until(training.grpo_batches(order, dataclasses.replace(SMOKE, max_steps=6)), skip=2))
     assert [int(b["batch_index"][0]) for b in got] == [0, 1, 2]  # two already trained + one new pass
-    assert not training.Deadline(None).expired() and training.Deadline(None).remaining_minutes() == float("inf")
+    assert not training.Deadline(None).expired()
 
 
 def test_the_progress_bar_shows_the_current_reward_of_each_step():
     from course_utils.model import tiny_tokenizer
     from tunix.sft import metrics_logger, progress_bar
 
-    shown = []
-    metrics = training.grpo_step_metrics(SMOKE, tiny_tokenizer(), [], show=shown.append)
-    g = SMOKE.num_generations
-    for rewards in ([0.0, 1.0] * (g // 2), [0.25] * g):
-        metrics(["p"] * g, ["a"] * g, np.array(rewards), np.zeros(g))
-    assert shown == [{"reward": 0.5}, {"reward": 0.25}]
     bar = progress_bar.ProgressBar("actor", metrics_logger.MetricsLogger(), 0, 4, "GRPO")
-    trainer = type("Trainer", (), {"_pbar": bar})()
-    training.show_on_progress_bar(trainer, {"reward": 0.123456, "accuracy": 0.25})
-    bar.update()  # Tunix keeps "<prefix>_train_<name>" keys on the bar and drops others
-    assert bar.metrics == {"rollout_train_reward": 0.123, "rollout_train_accuracy": 0.25}
+    cluster = type("Cluster", (), {"actor_trainer": type("Trainer", (), {"_pbar": bar})()})()
+    metrics = training.grpo_step_metrics(SMOKE, tiny_tokenizer(), [], cluster)
+    g = SMOKE.num_generations
+    for rewards, shown in (([0.0, 1.0] * (g // 2), 0.5), ([0.123456] * g, 0.123)):
+        metrics(["p"] * g, ["a"] * g, np.array(rewards), np.zeros(g))
+        bar.update()  # Tunix keeps "<prefix>_train_<name>" keys on the bar and drops others
+        assert bar.metrics == {"rollout_train_reward": shown}
     bar.close()
-    training.show_on_progress_bar(object(), {"reward": 1.0})  # no bar (another Tunix): nothing fails
+    training.grpo_step_metrics(SMOKE, tiny_tokenizer(), [], object())(["p"] * g, ["a"] * g, np.zeros(g), np.zeros(g))
 
 
 def test_prompts_that_fit_drops_long_prompts(capsys):
@@ -233,7 +219,7 @@ def _run(run_dir: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "COURSE_RUN_DIR": str(run_dir), "JAX_PLATFORMS": "cpu"}
     (run_dir).mkdir(parents=True, exist_ok=True)
     dataclasses.replace(SMOKE, max_steps=STEPS, checkpoint_every=2, time_budget_minutes=None).save(run_dir / "config.json")
-    return subprocess.Popen([sys.executable, "-m", "course_utils.training", "--profile", "smoke"],
+    return subprocess.Popen([sys.executable, "-m", "tools.train", "--profile", "smoke"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
@@ -301,7 +287,7 @@ def test_a_session_stopped_before_grpo_leaves_no_grpo_checkpoint_and_the_next_co
     assert [r["step"] for r in _rows(second, "sft")] == list(range(1, steps + 1))
 
 
-def test_drop_untrained_checkpoints_removes_only_step_0(part06_sessions, tmp_path):
+def test_prepare_stage_removes_only_a_step_0_checkpoint(part06_sessions, tmp_path):
     """A step-0 checkpoint (as Tunix 0.1.7 saved when GRPO closed before its first step: here a
     real Orbax checkpoint of this run copied to step 0) is removed; trained ones stay."""
     import shutil
@@ -311,11 +297,11 @@ def test_drop_untrained_checkpoints_removes_only_step_0(part06_sessions, tmp_pat
     grpo = training.checkpoint_dir(run, "grpo")
     trained = training.latest_stage_checkpoint(run, "grpo")
     shutil.copytree(trained.path, grpo / "0")
-    assert training.drop_untrained_checkpoints(run, "grpo") == [grpo / "0"]
+    for stage in ("grpo", "sft"):
+        training.prepare_stage(run, stage, part06_sessions.config)
     assert training.latest_stage_checkpoint(run, "grpo").step == trained.step
     assert not (grpo / "0").exists() and (grpo / str(trained.step)).is_dir()
-    assert training.drop_untrained_checkpoints(run, "grpo") == []
-    assert training.drop_untrained_checkpoints(run, "sft") == []
+    assert training.latest_stage_checkpoint(run, "sft").step == part06_sessions.config.sft_steps
 
 
 def test_resume_refuses_a_change_of_the_training_data(part06_sessions):
@@ -336,32 +322,16 @@ def test_resume_refuses_a_change_of_the_training_data(part06_sessions):
 def test_reserve_keeps_minutes_of_the_budget_for_what_follows():
     budget = training.Deadline(10.0)
     kept = budget.reserve(4.0)
-    assert kept.minutes == 6.0 and 5.9 < kept.remaining_minutes() <= 6.0 and not kept.expired()
-    assert budget.reserve(10.0).expired() and budget.reserve(12.0).remaining_minutes() == 0.0
-    assert training.Deadline(None).reserve(5.0).remaining_minutes() == float("inf")
+    assert kept.minutes == 6.0 and 5.9 * 60 < kept.end - time.monotonic() <= 6.0 * 60 and not kept.expired()
+    assert budget.reserve(10.0).expired() and budget.reserve(12.0).minutes == 0.0
+    assert training.Deadline(None).reserve(5.0).end is None
     with pytest.raises(ValueError):
         budget.reserve(-1.0)
 
 
-def test_evaluation_minutes_are_scaled_from_this_runs_saved_evaluation(tmp_path):
-    from course_utils.evaluation import evaluate_responses, save_results
-    from course_utils.config import ASSUMED_SECONDS
-
-    config = dataclasses.replace(SMOKE, eval_examples=40, eval_batch_size=4, eval_samples_k=2, eval_sampled_examples=8)
-    assumed = training.evaluation_minutes(config, tmp_path)  # nothing saved yet: the assumed TPU figure
-    assert assumed == pytest.approx(training.EVAL_MARGIN * (10 + 4) * ASSUMED_SECONDS["eval_batch"] / 60)
-    problems = _examples(2)[:4]
-    base = evaluate_responses("baseline", problems, ["no"] * 4, settings={"seconds_greedy": 60.0, "seconds_sampled": 0.0})
-    save_results([base], tmp_path)
-    assert training.evaluation_minutes(config, tmp_path) == pytest.approx(training.EVAL_MARGIN * 60.0 * 40 / 4 / 60)
-    sft = evaluate_responses("sft", problems, ["no"] * 4, settings={"seconds_greedy": 20.0, "seconds_sampled": 4.0})
-    save_results([base, sft], tmp_path)  # the SFT model's evaluation is the closer guide to the final one
-    assert training.evaluation_minutes(config, tmp_path, 8) == pytest.approx(training.EVAL_MARGIN * 24.0 * 8 / 4 / 60)
-
-
 def test_run_config_reads_the_run_folders_own_config(tmp_path, monkeypatch):
     from course_utils.config import TrainingConfig
-    from course_utils.training import run_config
+    from tools.train import run_config
 
     monkeypatch.setenv("COURSE_RUN_DIR", str(tmp_path / "default"))
     TrainingConfig.for_profile("smoke", sft_steps=7).save(tmp_path / "config.json")

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     train = load_splits(config)["train"]
     with tempfile.TemporaryDirectory() as tmp:
         sft = training.train_sft(config, actor, loaded.tokenizer, train, tmp)
-        reference = training.make_reference(loaded.model, actor, config, mesh)
+        reference = training.run_cells(["reference"], config=config, loaded=loaded, actor=actor, mesh=mesh)["reference"]
         result = training.train_grpo(config, actor, reference, loaded.tokenizer, train, tmp, mesh)
         rows = read_metrics(Path(tmp) / "metrics_grpo.jsonl")
         sft_rows = read_metrics(Path(tmp) / "metrics_sft.jsonl") if args.sft_steps else []
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     per_step = {name: _median_after_first(values) for name, values in result.timings.items() if values}
     sequences = config.global_batch_size * config.num_generations
     tokens = [r.get("completion_length_mean", float("nan")) * sequences for r in rows]
-    rollouts = result.timings.get("rollout", [])
+    rollouts = result.timings.get("generate", [])
     token_rates = [t / s for t, s in zip(tokens, rollouts) if s > 0]
     figures = {
         "profile": config.profile, "variant": args.variant, "vocabulary": loaded.model_config.num_embed,
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         "first_step_seconds": round(sum(v[0] for v in result.timings.values() if v), 1),
         "seconds_per_step": round(sum(per_step.values()), 2),  # the phases' medians, added
         "seconds_by_phase": {k: round(v, 2) for k, v in per_step.items()},
-        "rollout_seconds": round(per_step.get("rollout", float("nan")), 2),
-        "update_seconds": round(sum(v for k, v in per_step.items() if k != "rollout"), 2),
+        "rollout_seconds": round(per_step.get("generate", float("nan")), 2),
+        "update_seconds": round(sum(v for k, v in per_step.items() if k != "generate"), 2),
         "rollout_tokens_per_second": round(_median_after_first(token_rates), 1) if token_rates else None,
         "sft_seconds_per_step": round(_median_after_first([r["seconds_per_step"] for r in sft_rows]), 2) if sft_rows else None,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),

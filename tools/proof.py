@@ -240,7 +240,7 @@ def run_proof(config: Any, run: Path, *, heldout_candidates: int, control: str =
         began = time.perf_counter()
         if config.sft_steps:
             _restore(actor, run, "sft")
-        reference = training.make_reference(loaded.model, actor, cfg, mesh)
+        reference = training.run_cells(["reference"], config=cfg, loaded=loaded, actor=actor, mesh=mesh)["reference"]
         result = training.train_grpo(cfg, actor, reference, tok, train, run_dir, mesh, deadline=training.Deadline(None),
                                      model_config=model_config, pass_rates_dir=rates_dir)
         print(result.message())

@@ -11,10 +11,11 @@ initialisation in the profile's dtype, on the mesh the course picks for 8 device
 the two updates part 06 runs, each exactly as Tunix jits it (`PeftTrainer._train_step` under
 `nnx.jit`, the optimiser state donated, the batch sharded on `fsdp`):
 
-* one SFT step: `sft_batch_size × sft_max_length` tokens, Tunix's SFT loss, `training.sft_optimizer`;
+* one SFT step: `sft_batch_size × sft_max_length` tokens, Tunix's SFT loss, part 06's SFT optimiser;
 * one GRPO update: a micro batch of `micro_batch_size × G` sequences of prompt + completion,
-  the course's policy loss (`config.grpo_loss_fn`, `training.grpo_algo_config`),
-  `training.grpo_optimizer` wrapped in Tunix's gradient accumulation (mini / micro steps).
+  the course's policy loss (`config.grpo_loss_fn`, part 06's `GRPOConfig`), part 06's GRPO
+  optimiser wrapped in Tunix's gradient accumulation (mini / micro steps); both from part 06's
+  cells (`training.run_cells`).
 
 **Compiled at full size** (the profile's lengths), from abstract shapes — no weight is
 allocated — it prints XLA's compiled memory analysis per device: parameters (frozen base and
@@ -107,9 +108,10 @@ def jitted_update(kind: str, config: Any) -> Any:
     """Tunix's train step for `kind` ("sft" or "grpo"), jitted as PeftTrainer jits it (optimiser
     donated). GRPO's loss is installed as `GRPOLearner.__init__` installs it."""
     if kind == "sft":
-        step = _Step(peft_trainer._default_loss_fn, training.sft_model_inputs(PAD_ID), has_aux=False)
+        step = _Step(peft_trainer._default_loss_fn, training.sft_model_inputs, has_aux=False)
     elif kind == "grpo":
-        algo = training.grpo_algo_config(config)
+        algo = training.run_cells(["grpo_config"], config=config)["grpo_config"]
+        algo.temperature = config.temperature  # as GRPOLearner sets it
         policy_loss_fn = function_registry.get_policy_loss_fn(algo.policy_loss_fn)
 
         def loss_fn(model: Any, train_example: Any, algo_config: Any) -> Any:
@@ -125,8 +127,9 @@ def update_optimizer(kind: str, config: Any) -> Any:
     """The optax transformation the trainer of `kind` holds: SFT's, or GRPO's inside Tunix's
     gradient accumulation over `mini_batch_size // micro_batch_size` micro-batches (RLCluster)."""
     if kind == "sft":
-        return training.sft_optimizer(config)
-    return optax.MultiSteps(training.grpo_optimizer(config), config.mini_batch_size // config.micro_batch_size)
+        return training.run_cells(["sft_optimizer"], config=config)["sft_optimizer"]
+    grpo = training.run_cells(["grpo_optimizer"], config=config)["grpo_optimizer"]
+    return optax.MultiSteps(grpo, config.mini_batch_size // config.micro_batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
