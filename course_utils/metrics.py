@@ -1,8 +1,6 @@
-"""Per-step training metrics as a Tunix logging backend (part 06): `StepMetrics(run_dir, "grpo")`
-gathers each step's events into one row of ``metrics_grpo.jsonl`` (fsync'ed as written), mirrored
-to ``metrics_grpo.csv``. GRPO rows: Tunix's `policy_loss`, `kl`, `completion_length_mean`, ... and
-`grpo_step_metrics`'s `reward_*`, `accuracy`, `mixed_group_frac`, ...; SFT rows: `loss`.
-"""
+"""Per-step training metrics (part 06): a Tunix logging backend writing one row per step to
+``metrics_<stage>.jsonl`` (fsync'ed) and ``metrics_<stage>.csv``: Tunix's loss, KL, lengths, ...
+and `training.grpo_step_metrics`'s rewards, accuracy, mixed-group share, ..."""
 
 from __future__ import annotations
 
@@ -25,12 +23,11 @@ from course_utils.files import atomic_write
 REWARD_COMPONENTS = ("format", "coherence", "correctness", "efficiency", "calibration")
 # Tunix logs rollout metrics at the 0-based batch and the trainer's at the 1-based update: shift those.
 SOURCES = {"grpo": {"actor": 0, "completions": 1, "course": 1}, "sft": {"": 0}}
-RENAME = {
-    "actor/loss": "policy_loss", "actor/kl": "kl", "actor/grad_norm": "grad_norm",
+RENAME = {  # None: not kept
+    "actor/loss": "policy_loss", "actor/kl": "kl", "actor/grad_norm": "grad_norm", "actor/perplexity": None,
     "actor/pg_clipfrac": "clip_fraction", "completions/mean_length": "completion_length_mean",
-    "completions/max_length": "completion_length_max", "/loss": "loss", "/grad_norm": "grad_norm",
-}
-SKIP = {"actor/perplexity", "completions/min_length"}
+    "completions/max_length": "completion_length_max", "completions/min_length": None, "/loss": "loss",
+    "/grad_norm": "grad_norm"}
 
 
 class StepMetrics:
@@ -46,8 +43,8 @@ class StepMetrics:
         self.csv_path = self.path.with_suffix(".csv")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rows = read_metrics(self.path) if self.path.exists() else []
-        self.pending: dict[int, dict[str, Any]] = {}
-        self.arrived: dict[int, float] = {}
+        self.pending: dict[int, dict[str, Any]] = {}  # rows waiting for late events
+        self.arrived: dict[int, float] = {}  # when each step's first event came
         if self.path.exists() and self.path.read_text(errors="replace")[-1:] not in ("", "\n"):
             self.resume(self.last_step)  # a line cut by a kill: a new row would glue onto it
 
@@ -90,11 +87,12 @@ class StepMetrics:
         """Tunix's LoggingBackend protocol: keep `<prefix>/train/<name>` events of the stage's sources."""
         step, (prefix, _, rest) = kwargs.get("step"), event.partition("/")
         mode, _, name = rest.partition("/")
-        if step is None or mode != "train" or prefix not in self.sources or not name or f"{prefix}/{name}" in SKIP:
+        name = RENAME.get(f"{prefix}/{name}", name)
+        if step is None or mode != "train" or prefix not in self.sources or not name:
             return
         step = int(step) + self.sources[prefix]
         try:
-            self.pending.setdefault(step, {})[RENAME.get(f"{prefix}/{name}", name)] = float(np.asarray(value).mean())
+            self.pending.setdefault(step, {})[name] = float(np.asarray(value).mean())
         except (TypeError, ValueError):
             return
         if self.sources[prefix] == 0:
@@ -110,8 +108,7 @@ class StepMetrics:
                 row["seconds_per_step"] = now - before if before and now else math.nan
                 self.log(done, {**row, "stage": self.stage, **self.extra(done)})
 
-    def close(self) -> None:
-        self.flush()
+    close = flush  # Tunix closes its backends at the end: every row left is written
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

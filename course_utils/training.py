@@ -227,27 +227,22 @@ def update_learning_rate(schedule: Callable[[Any], Any], k: int) -> float:
     return float(schedule(k - 1))
 
 
-def sft_example_tokens(example: Any, tokenizer: Any, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, loss mask) of BOS + prompt + answer + <end_of_turn>, cut to `max_length`: loss on the answer."""
-    prompt = [BOS_ID] + list(tokenizer.encode(build_prompt(example.question)))
-    answer = list(tokenizer.encode(format_solution(example) + END_OF_TURN))
-    tokens = (prompt + answer)[:max_length]
-    mask = ([0] * len(prompt) + [1] * len(answer))[:max_length]
-    return np.array(tokens, np.int32), np.array(mask, np.int32)
-
-
 def sft_batches(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig) -> Iterator[Any]:
-    """Padded SFT batches in a fixed, seeded order (cycling), `config.sft_steps` of them."""
+    """`config.sft_steps` padded batches, seeded and cycling, of BOS + prompt + answer + <end_of_turn>
+    with loss on the answer only (targets over `sft_max_length` left out: cut, they never stop)."""
     if not examples:
         raise ValueError("SFT needs training examples; load_splits(config)['train'] is empty")
     size, length = config.sft_batch_size, config.sft_max_length
-    # A cut-off target would teach the model never to close its answer: leave those out.
-    encoded = [sft_example_tokens(e, tokenizer, length + 1) for e in examples]
-    fitting = [pair for pair in encoded if len(pair[0]) <= length]
+    fitting = []
+    for example in examples:
+        prompt = [BOS_ID, *tokenizer.encode(build_prompt(example.question))]
+        answer = list(tokenizer.encode(format_solution(example) + END_OF_TURN))
+        if len(prompt) + len(answer) <= length:
+            fitting.append((prompt + answer, [0] * len(prompt) + [1] * len(answer)))
     if not fitting:
         raise ValueError(f"no SFT example fits sft_max_length={length} tokens; raise it in the config")
-    if len(fitting) < len(encoded):
-        print(f"sft: left out {len(encoded) - len(fitting)} of {len(encoded)} examples longer than {length} tokens")
+    if len(fitting) < len(examples):
+        print(f"sft: left out {len(examples) - len(fitting)} of {len(examples)} examples longer than {length} tokens")
     random.Random(config.seed + 1).shuffle(fitting)
     for step in range(config.sft_steps):
         tokens = np.full((size, length), PAD_ID, np.int32)
@@ -319,14 +314,6 @@ def grpo_prompts(config: TrainingConfig, actor: Any, tokenizer: Any, examples: S
     return filtering.examples_of(kept, fitting)
 
 
-def reward_step(train_steps: int, config: TrainingConfig) -> float:
-    """The step, for the annealed reward weights, of the batch scored after `train_steps` updates."""
-    batches = grpo_batch_count(config)
-    per_batch = (config.global_batch_size // config.mini_batch_size) * config.num_iterations
-    batch = min(batches - 1, max(0, int(train_steps) // per_batch))
-    return float(config.max_steps - 1) if batches == 1 else batch * (config.max_steps - 1) / (batches - 1)
-
-
 def shuffle_within_groups(reward_fns: Sequence[Callable], group_size: int, seed: int) -> list[Callable]:
     """The control `control="shuffle"`: all rewards of a step permuted alike within each group of G."""
     def wrap(fn: Callable) -> Callable:
@@ -375,12 +362,11 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
     return metrics
 
 
-def grpo_batches(order: Sequence[Any], config: TrainingConfig, rollout_config: Any = None) -> Iterator[dict[str, Any]]:
+def grpo_batches(order: Sequence[Any], config: TrainingConfig, rollout_config: Any) -> Iterator[dict[str, Any]]:
     """GRPO's batches as numpy arrays (Tunix np.repeats each field); batch i seeds the rollout anew."""
     size = config.global_batch_size
     for index in range(len(order) // size):
-        if rollout_config is not None:
-            rollout_config.seed = jax.random.PRNGKey(config.seed * 1_000_003 + index)
+        rollout_config.seed = jax.random.PRNGKey(config.seed * 1_000_003 + index)
         chunk = order[index * size:(index + 1) * size]
         yield {
             "prompts": np.array([build_prompt(e.question) for e in chunk]),

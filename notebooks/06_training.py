@@ -396,12 +396,20 @@ for phase in ("generate", "get_ref_per_token_logps", "get_old_per_token_logps", 
 
 # %% tags=["reward_fns"]
 from course_utils.rewards import make_reward_fns
-from course_utils.training import reward_step, shuffle_within_groups
+from course_utils.training import grpo_batch_count, shuffle_within_groups
 
-reward_fns = make_reward_fns(config, step_fn=lambda: reward_step(rl_cluster.actor_trainer.train_steps, config))
+batches = grpo_batch_count(config)
+updates_per_batch = (config.global_batch_size // config.mini_batch_size) * config.num_iterations
+
+
+def reward_step():  # batch b is scored as step b × (max_steps − 1) / (batches − 1)
+    batch = min(batches - 1, int(rl_cluster.actor_trainer.train_steps) // updates_per_batch)
+    return float(config.max_steps - 1) if batches == 1 else batch * (config.max_steps - 1) / (batches - 1)
+
+
+reward_fns = make_reward_fns(config, step_fn=reward_step)
 if config.control == "shuffle":
     reward_fns = shuffle_within_groups(reward_fns, config.num_generations, config.seed)
-print([fn.__name__ for fn in reward_fns])
 
 # %% [markdown]
 # **`GRPOLearner`.** The algorithm on the cluster: it samples, scores, computes advantages

@@ -161,12 +161,15 @@ def test_evaluation_scores_exactly_what_training_pays():
     from tunix.rl.grpo.grpo_learner import GRPOConfig
     from tunix.rl.reward_manager import SequenceRewardManager
 
+    import types
+
     from course_utils import rewards, training
     from course_utils.data import build_prompt
 
     config = TrainingConfig.for_profile("cpu")
     last_update = config.max_steps - 1  # updates done when the last batch is rolled out
-    fns = rewards.make_reward_fns(config, step_fn=lambda: training.reward_step(last_update, config))
+    cluster = types.SimpleNamespace(actor_trainer=types.SimpleNamespace(train_steps=last_update))
+    fns = training.run_cells(["reward_fns"], config=config, rl_cluster=cluster)["reward_fns"]  # part 06's
     replies = [GOOD, MADE_UP, GOOD.replace("72</answer>", "70</answer>"), "The answer is 72.",
                "<reasoning>\n48 / 2 = 24\n" * 30 + "</reasoning>"]
     g = len(replies)

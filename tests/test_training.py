@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,12 @@ def test_reward_step_spans_the_annealing_from_first_to_last_batch(steps, global_
     config = dataclasses.replace(SMOKE, max_steps=steps, global_batch_size=global_batch,
                                  mini_batch_size=mini_batch, micro_batch_size=mini_batch, num_iterations=iterations)
     per_batch = (global_batch // mini_batch) * iterations
-    rolled_out = [training.reward_step(b * per_batch, config) for b in range(training.grpo_batch_count(config))]
+    cluster = types.SimpleNamespace(actor_trainer=types.SimpleNamespace(train_steps=0))
+    reward_step = training.run_cells(["reward_fns"], config=config, rl_cluster=cluster)["reward_step"]
+    rolled_out = []
+    for b in range(training.grpo_batch_count(config)):  # the updates done when batch b is rolled out
+        cluster.actor_trainer.train_steps = b * per_batch
+        rolled_out.append(reward_step())
     assert rolled_out == sorted(rolled_out) and rolled_out[-1] == steps - 1
     assert annealed_weights(config, rolled_out[-1]) == final_weights(config)
     if steps > 1:
@@ -164,7 +170,8 @@ def test_deadline_stops_batches_but_never_the_fast_forward():
     expired = training.Deadline(1e-9)
     time.sleep(0.01)
     assert expired.expired()
-    got = list(expired.until(training.grpo_batches(order, dataclasses.replace(SMOKE, max_steps=6)), skip=2))
+    batches = training.grpo_batches(order, dataclasses.replace(SMOKE, max_steps=6), types.SimpleNamespace())
+    got = list(expired.until(batches, skip=2))
     assert [int(b["batch_index"][0]) for b in got] == [0, 1, 2]  # two already trained + one new pass
     assert not training.Deadline(None).expired()
 
@@ -201,13 +208,16 @@ def test_sft_tokens_mask_the_prompt_and_end_the_turn():
 
     tok = tiny_tokenizer()
     example = load_splits(SMOKE)["train"][0]
-    tokens, mask = training.sft_example_tokens(example, tok, 400)
-    assert tokens[0] == 2 and mask[0] == 0 and mask[-1] == 1
+    config = dataclasses.replace(SMOKE, sft_batch_size=1, sft_steps=1, sft_max_length=400)
+    batch = next(training.sft_batches([example], tok, config))
+    real = batch.input_tokens[0] != 0  # padding after the target
+    tokens, mask = batch.input_tokens[0][real], batch.input_mask[0][real]
+    assert tokens[0] == 2 and mask[0] == 0 and mask[-1] == 1 and not batch.input_mask[0][~real].any()
     assert tokens[-1] == 106  # <end_of_turn>: the model learns to stop
     first_answer = int(np.argmax(mask))
     assert tok.decode(tokens[first_answer:].tolist()).startswith("<reasoning>")
-    short, short_mask = training.sft_example_tokens(example, tok, 20)
-    assert len(short) == len(short_mask) == 20
+    with pytest.raises(ValueError, match="raise it"):  # a target cut short would never stop: left out
+        next(training.sft_batches([example], tok, dataclasses.replace(config, sft_max_length=20)))
 
 
 # --- the real thing on the smoke profile: train, kill -9, resume ------------------------------
