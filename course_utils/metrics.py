@@ -1,6 +1,5 @@
-"""Per-step training metrics (part 06): a Tunix logging backend writing one row per step to
-``metrics_<stage>.jsonl`` (fsync'ed) and ``metrics_<stage>.csv``: Tunix's loss, KL, lengths, ...
-and `training.grpo_step_metrics`'s rewards, accuracy, mixed-group share, ..."""
+"""Per-step training metrics (part 06): a Tunix logging backend writing one row per step (Tunix's
+and `training.grpo_step_metrics`'s numbers) to ``metrics_<stage>.jsonl`` and ``.csv``, atomically."""
 
 from __future__ import annotations
 
@@ -19,8 +18,8 @@ import numpy as np
 from tunix.sft import metrics_logger
 
 from course_utils.files import atomic_write
+from course_utils.rewards import COMPONENTS as REWARD_COMPONENTS  # noqa: F401  plots' name for them
 
-REWARD_COMPONENTS = ("format", "coherence", "correctness", "efficiency", "calibration")
 # Tunix logs rollout metrics at the 0-based batch and the trainer's at the 1-based update: shift those.
 SOURCES = {"grpo": {"actor": 0, "completions": 1, "course": 1}, "sft": {"": 0}}
 RENAME = {  # None: not kept
@@ -31,8 +30,7 @@ RENAME = {  # None: not kept
 
 
 class StepMetrics:
-    """A Tunix logging backend writing one row per step of `stage`, from its `SOURCES` events and
-    `extra(step)`; a row is written once two later steps were seen, at `flush(step)` and `close`."""
+    """One row per step of `stage` (its `SOURCES` events + `extra(step)`), written two steps later or at flush."""
 
     def __init__(self, run_dir: str | os.PathLike, stage: str,
                  extra: Callable[[int], dict[str, Any]] = lambda step: {}) -> None:
@@ -41,12 +39,9 @@ class StepMetrics:
         self.run_dir, self.stage, self.extra, self.sources = Path(run_dir), stage, extra, SOURCES[stage]
         self.path = self.run_dir / f"metrics_{stage}.jsonl"
         self.csv_path = self.path.with_suffix(".csv")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rows = read_metrics(self.path) if self.path.exists() else []
         self.pending: dict[int, dict[str, Any]] = {}  # rows waiting for late events
         self.arrived: dict[int, float] = {}  # when each step's first event came
-        if self.path.exists() and self.path.read_text(errors="replace")[-1:] not in ("", "\n"):
-            self.resume(self.last_step)  # a line cut by a kill: a new row would glue onto it
 
     def options(self) -> Any:
         """Tunix's `MetricsLoggerOptions`: TensorBoard under ``run_dir/tensorboard/<stage>`` and this."""
@@ -62,21 +57,16 @@ class StepMetrics:
     def resume(self, step: int) -> None:
         """Keep the rows up to checkpoint `step` (the file rewritten whole); the clock starts now."""
         self.rows = [r for r in self.rows if r["step"] <= step]
-        atomic_write(self.path, "".join(json.dumps(r, default=str) + "\n" for r in self.rows))
-        self._write_csv()
+        self._write()
         self.arrived[step] = time.perf_counter()
 
     def log(self, step: int, row: Mapping[str, Any]) -> None:
-        """Append the row of `step`, flushed to disk."""
-        row = {"step": int(step), **flatten_metrics(row), "time": round(time.time(), 3)}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.rows.append(row)
-        self._write_csv()
+        """Add the row of `step`, on disk when this returns."""
+        self.rows.append({"step": int(step), **flatten_metrics(row), "time": round(time.time(), 3)})
+        self._write()
 
-    def _write_csv(self) -> None:
+    def _write(self) -> None:
+        atomic_write(self.path, "".join(json.dumps(r, default=str) + "\n" for r in self.rows))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, list(dict.fromkeys(k for r in self.rows for k in r)), lineterminator="\n")
         writer.writeheader()
@@ -112,20 +102,18 @@ class StepMetrics:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a metrics JSONL file; a last line cut by a kill is ignored, others warned about."""
+    """The rows of a metrics JSONL file; an unreadable line is skipped with a warning."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No metrics at {path}. Part 06's training writes metrics_<stage>.jsonl into the "
                                 "run directory; run it (or check COURSE_RUN_DIR).")
-    lines = path.read_text(errors="replace").split("\n")
     rows = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         try:
             row = json.loads(line) if line.strip() else None
         except ValueError:
             row = None
-            if number < len(lines):  # the last has no newline after it: cut by a kill
-                warnings.warn(f"{path}: line {number} is not valid JSON; skipped.", stacklevel=2)
+            warnings.warn(f"{path}: line {number} is not valid JSON; skipped.", stacklevel=2)
         if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows.append(row)
     return rows

@@ -18,10 +18,9 @@ class CompletionHead(nnx.Module):
     def __init__(self, model: Any, keep: int) -> None:
         self.model, self.keep = model, keep
 
-    def __call__(self, tokens: Any, positions: Any = None, cache: Any = None, attention_mask: Any = None,
-                 *, images: Any = None) -> tuple[Any, None]:
-        extra = {} if images is None else {"images": images}  # the body; its full-length logits go unused
-        self.model(tokens, positions=positions, attention_mask=attention_mask, output_hidden_states=True, **extra)
+    def __call__(self, tokens: Any, positions: Any = None, cache: Any = None, attention_mask: Any = None) -> Any:
+        # the body (text only: Tunix passes images only to a model with them); its own logits go unused
+        self.model(tokens, positions=positions, attention_mask=attention_mask, output_hidden_states=True)
         hidden = jax.tree.leaves(nnx.pop(self.model, nnx.Intermediate))  # after the final norm, [B, T, D]
         if len(hidden) != 1:
             raise RuntimeError(f"expected the model to sow one hidden-state array, found {len(hidden)}: "

@@ -1,8 +1,5 @@
-"""Training's plumbing for part 06: curriculum, batches, time budget, sidecars and resume.
-
-Part 06's tagged cells build every training object; `run_cells` runs them by tag (`train_sft`,
-`train_grpo`, tools/train.py). A stage resumes from its newest checkpoint.
-"""
+"""Training's plumbing for part 06: curriculum, batches, time budget, sidecars and resume. Part 06's
+tagged cells build every training object; `run_cells` runs them (`train_sft`, `train_grpo`, tools/train)."""
 
 from __future__ import annotations
 
@@ -30,7 +27,6 @@ from course_utils.checkpoints import ConfigMismatchError, checkpoint_dir, latest
 from course_utils.config import TrainingConfig
 from course_utils.data import build_prompt, format_solution
 from course_utils.evaluation import is_truncated, token_counts
-from course_utils.filtering import mixed_group_fraction
 from course_utils.generate import prompt_token_counts
 from course_utils.tokenizer import BOS_ID, END_OF_TURN, PAD_ID
 
@@ -44,8 +40,7 @@ GRPO_CELLS = ("reference", "prompts", "grpo_config", "rollout_config", "grpo_opt
 def notebook_cells(path: Path = NOTEBOOK) -> dict[str, str]:
     """The code cells of a jupytext percent notebook that carry a tag, by their first tag."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the training cells live in part 06's notebook; run from a "
-                                "checkout of the course repository")
+        raise FileNotFoundError(f"{path} is missing: part 06's cells are read from a checkout of the course")
     cells = {}
     for block in re.split(r"^# %%", path.read_text(), flags=re.M)[1:]:
         header, _, body = block.partition("\n")
@@ -58,8 +53,7 @@ def notebook_cells(path: Path = NOTEBOOK) -> dict[str, str]:
 def run_cells(tags: Sequence[str], **names: Any) -> dict[str, Any]:
     """Run part 06's cells with these tags, in the notebook's order, with `names` defined: their namespace."""
     cells = notebook_cells()
-    missing = [t for t in tags if t not in cells]
-    if missing:
+    if missing := [t for t in tags if t not in cells]:
         raise KeyError(f"{NOTEBOOK.name} has no cell tagged {missing}")
     namespace = dict(names)
     for tag in (t for t in cells if t in tags):
@@ -92,8 +86,7 @@ def prepare_stage(run_dir: str | Path, stage: str, config: TrainingConfig, allow
 
 
 def install_sidecar(trainer: Any, stage: str, config: TrainingConfig, metrics: Any, cluster: Any = None) -> None:
-    """Make every checkpoint (also Tunix 0.1.7's final save, never at step 0) carry the course's
-    sidecar in Orbax's custom metadata, with its steps' metric rows on disk."""
+    """Every checkpoint (not at step 0) gets the course's sidecar, with its steps' metric rows on disk."""
     own = trainer.custom_checkpoint_metadata
 
     def flush_rows() -> None:  # the rows Tunix 0.1.7 still holds: update s's loss, batch b's rollouts
@@ -228,12 +221,11 @@ def update_learning_rate(schedule: Callable[[Any], Any], k: int) -> float:
 
 
 def sft_batches(examples: Sequence[Any], tokenizer: Any, config: TrainingConfig) -> Iterator[Any]:
-    """`config.sft_steps` padded batches, seeded and cycling, of BOS + prompt + answer + <end_of_turn>
-    with loss on the answer only (targets over `sft_max_length` left out: cut, they never stop)."""
+    """`sft_steps` padded, seeded batches of BOS + prompt + answer + <end_of_turn>, loss on the answer."""
     if not examples:
         raise ValueError("SFT needs training examples; load_splits(config)['train'] is empty")
     size, length = config.sft_batch_size, config.sft_max_length
-    fitting = []
+    fitting = []  # a target cut at sft_max_length would teach never to stop: left out
     for example in examples:
         prompt = [BOS_ID, *tokenizer.encode(build_prompt(example.question))]
         answer = list(tokenizer.encode(format_solution(example) + END_OF_TURN))
@@ -349,7 +341,7 @@ def grpo_step_metrics(config: TrainingConfig, tokenizer: Any, reward_fns: Sequen
             out["accuracy"] = float(np.mean(correct))
             out["format_rate"] = float(np.mean([b.components["format"] >= 1.0 for b in breakdowns]))
             if len(correct) % config.num_generations == 0:
-                out["mixed_group_frac"] = mixed_group_fraction(correct, config.num_generations)
+                out["mixed_group_frac"] = filtering.mixed_group_fraction(correct, config.num_generations)
         bar = getattr(getattr(getattr(cluster, "actor_trainer", None), "_pbar", None), "metrics", None)
         if isinstance(bar, dict):  # Tunix's bar keeps "<prefix>_train_<name>" keys
             shown = {"reward": out["reward_mean"], **({"accuracy": out["accuracy"]} if "accuracy" in out else {})}

@@ -203,6 +203,17 @@ def test_prompts_that_fit_drops_long_prompts(capsys):
         training.prompts_that_fit(examples, tok, dataclasses.replace(SMOKE, max_prompt_length=4))
 
 
+def test_train_grpo_measures_pass_rates_in_the_folder_it_is_given(tiny_loaded, tmp_path):
+    """The proof's path: `pass_rates_dir` replaces the run's own cache folder for the prompt filter."""
+    config = dataclasses.replace(SMOKE, filter_prompts=True, filter_candidates=4, filter_samples_k=2, eval_batch_size=4)
+    with pytest.raises(ValueError, match="no candidate prompt has a pass rate"):  # the random tiny model solves none
+        training.train_grpo(config, tiny_loaded.model, None, tiny_loaded.tokenizer, load_splits(SMOKE)["train"],
+                            tmp_path / "run", None, model_config=tiny_loaded.model_config,
+                            pass_rates_dir=tmp_path / "rates")
+    assert len(list((tmp_path / "rates").glob("train-before-*.jsonl"))) == 1
+    assert not (tmp_path / "run" / "pass_rates").exists()
+
+
 def test_sft_tokens_mask_the_prompt_and_end_the_turn():
     from course_utils.model import tiny_tokenizer
 
