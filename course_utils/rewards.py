@@ -31,6 +31,7 @@ MAX_TRACE_CHARS = 20_000  # coherence reads this much reasoning; the verbosity p
 IDEAL_WORDS = (20, 250)  # efficiency: full marks inside, falling to 0 at 4 × the upper end
 VERBOSE_WORDS = (400, 1200)  # verbosity: the penalty starts at 400 words, is full at 1,200
 CORRECT_BASE = 0.7  # correctness: a right answer earns 0.7, plus 0.3 × reasoning depth
+_default_config = functools.cache(TrainingConfig)  # the config of calls that pass none
 
 _TRACE_NUMBER = re.compile(rf"(?<![\w.])-?{NUMBER_PATTERN}")
 _ANSWER_NUMBER = re.compile(_TRACE_NUMBER.pattern + r"(?:\s?/\s?\d+)?")  # 3/4 too
@@ -454,11 +455,6 @@ def calibration_reward(response: Any, ground_truth: Any) -> float:
 def verbosity(response: Any) -> float:
     """How far a reply runs on, in [0, 1]: its words past 400 (1 at 1,200) or repeated lines."""
     return _Reply(response).verbosity
-
-
-@functools.cache
-def _default_config() -> Any:
-    return TrainingConfig()
 
 
 def static_weights(config: Any = None) -> dict[str, float]:
