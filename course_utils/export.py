@@ -235,15 +235,16 @@ def save_hf(model: Any, tokenizer: Any, model_config: Any, out_dir: str | os.Pat
     check_full_vocabulary(tokenizer, model_config)
     rank = lora_rank(model)
     if rank is not None and (config is None or config.lora_rank != rank):
-        raise ValueError(f"the model's LoRA rank is {rank}, config.lora_rank is "
-                         f"{getattr(config, 'lora_rank', None)}: pass the run's (load_run_config)")
+        wanted = getattr(config, "lora_rank", None)
+        raise ValueError(f"the model's LoRA rank is {rank} but config.lora_rank is {wanted}: pass the "
+                         "run's own config (load_run_config)")
     hf_config(model_config, dtype)  # refuses what transformers cannot load, before any writing
     Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".base-", dir=Path(out_dir).parent) as base, \
             staged_dir(out_dir) as tmp:
-        tensors = hf_state_dict(model, model_config, dtype)
         card = {"README.md": model_card} if model_card else None
-        write_hf_files(Path(base) if rank else tmp, tensors, model_config, tokenizer, dtype, card)
+        write_hf_files(Path(base) if rank else tmp, hf_state_dict(model, model_config, dtype),
+                       model_config, tokenizer, dtype, card)  # the base weights, then Tunix merges
         if rank:
             alpha = config.lora_alpha
             gemma_params.save_lora_merged_model_as_safetensors(base, str(tmp), model, rank, alpha)

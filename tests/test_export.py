@@ -88,6 +88,23 @@ def test_hf_folder_has_every_file_and_computes_what_the_lora_model_computes(tiny
     assert np.abs(_logits(reloaded.model, tiny["tokens"]) - lora).max() < 1e-5
 
 
+def test_bfloat16_export_halves_the_file_and_keeps_the_merge(tiny, tiny_export, tmp_path):
+    """Tunix's merge adds (α / r)·A·B to bfloat16 weights too (the tpu profile's dtype)."""
+    import jax.numpy as jnp
+
+    from course_utils.model import load_checkpoint_dir
+
+    loaded = tiny["loaded"]
+    folder = ex.save_hf(tiny["lora"], loaded.tokenizer, loaded.model_config, tmp_path / "bf16",
+                        config=tiny["config"], dtype="bfloat16")
+    size = (folder / "model.safetensors").stat().st_size
+    assert size < 0.55 * (tiny_export["folders"]["hf"] / "model.safetensors").stat().st_size
+    reloaded = load_checkpoint_dir(folder, loaded.model_config, dtype=jnp.float32)
+    lora = tiny_export["logits"]
+    unmerged = np.abs(_logits(loaded.model, tiny["tokens"]) - lora).max()
+    assert np.abs(_logits(reloaded.model, tiny["tokens"]) - lora).max() < 0.25 * unmerged  # rounding only
+
+
 def test_base_export_is_the_inverse_of_tunix_loader(tiny, tmp_path):
     """A model without LoRA: hf_state_dict's names and layouts load back into exactly the same model."""
     import jax.numpy as jnp
