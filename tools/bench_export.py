@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_export-"))
 
     start = time.perf_counter()
-    loaded = load_model(config)
+    loaded = load_model(config, full_vocabulary=True)  # what part 08 exports
     lora_model = apply_lora(loaded.model, config)
     leaves, treedef = jax.tree.flatten(nnx.state(lora_model, nnx.LoRAParam))
     key = jax.random.PRNGKey(0)
