@@ -75,7 +75,7 @@ def _kill_after(step: int) -> None:
 
 
 def train(run: Path, kill_after: int | None) -> None:
-    from tools import train as training
+    from tools.train import main
 
     run.mkdir(parents=True, exist_ok=True)
     if not (run / "config.json").exists():
@@ -88,7 +88,7 @@ def train(run: Path, kill_after: int | None) -> None:
 
     print(f"rehearsal: {len(jax.devices())} devices, mesh {tuple(model_mesh(TrainingConfig.load(run / 'config.json')).shape.values())}",
           flush=True)
-    training.main(["--profile", "tpu", "--run-dir", str(run)])
+    main(["--profile", "tpu", "--run-dir", str(run)])
 
 
 def first_sft_loss(config: TrainingConfig, loaded, mesh) -> float:
