@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 from collections import Counter
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ TPU_DEVICES = 8  # the tpu profile's machine: Kaggle TPU v5e-8
 def is_kaggle() -> bool:
     """True inside a Kaggle notebook or job."""
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or os.environ.get("KAGGLE_URL_BASE"))
+
+
+def installed_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def default_profile() -> str:
@@ -210,8 +219,6 @@ def check_devices(config: Any, devices: Any = None) -> None:
 def describe() -> dict[str, Any]:
     """This machine for part 01: devices, memory JAX may use on each (GiB), library versions."""
     import jax
-
-    from course_utils.install import installed_version
 
     devices = jax.devices()
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from course_utils.env import is_kaggle
+from course_utils.env import installed_version, is_kaggle
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 
@@ -34,13 +34,6 @@ PINS: dict[str, str] = requirement_pins()
 NOT_RUNTIME = ("numpy", "kaggle", "jupytext", "nbmake", "nbclient", "ipykernel", "pytest",
                "hypothesis")
 RUNTIME = tuple(name for name in PINS if name not in NOT_RUNTIME)
-
-
-def installed_version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def missing_packages(names: tuple[str, ...] = RUNTIME) -> list[str]:

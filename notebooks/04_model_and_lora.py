@@ -137,7 +137,7 @@ print(f"vocabulary {c.num_embed:,}; {count_parameters(model):,} parameters "
 # chat and byte tokens, and the most frequent other pieces as a margin. The output layer shrinks
 # 8×. It is exact on what it keeps — a kept piece's logit is the full model's — and a
 # `TrimmedTokenizer` maps ids both ways; text with a piece outside the list is spelled with kept
-# pieces. Sampling renormalises over the kept pieces (`python -m course_utils.vocab --report`
+# pieces. Sampling renormalises over the kept pieces (`python -m tools.kept_vocabulary --report`
 # measures the probability mass that leaves out). LoRA never touches the embedding, so part 08
 # exports the full-vocabulary Gemma with the same adapters. `tpu` keeps the full vocabulary.
 

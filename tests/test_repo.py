@@ -63,3 +63,31 @@ def test_tools_run_as_modules_from_the_repository_root():
     done = subprocess.run([sys.executable, "-m", "tools.notebooks", "check"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_course_utils_and_tools_have_no_import_cycles():
+    """Every `course_utils` / `tools` import, module-level or inside a function, forms no cycle."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for package in ("course_utils", "tools"):
+        for path in (ROOT / package).glob("*.py"):
+            deps = graph.setdefault(f"{package}.{path.stem}", set())
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module in ("course_utils", "tools"):
+                    deps |= {f"{node.module}.{a.name}" for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("course_utils", "tools"):
+                    deps.add(node.module)
+                elif isinstance(node, ast.Import):
+                    deps |= {a.name for a in node.names if a.name.split(".")[0] in ("course_utils", "tools")}
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for dep in sorted(graph.get(path[-1], ())):
+            if dep == start:
+                return path + [dep]
+            if dep not in path and dep in graph and (found := cycle_from(start, path + [dep])):
+                return found
+        return None
+
+    cycles = [c for m in sorted(graph) if (c := cycle_from(m, [m]))]
+    assert not cycles, f"import cycles: {cycles}"

@@ -119,7 +119,7 @@ def test_load_model_and_training_refuse_the_tpu_profile_on_this_cpu(monkeypatch,
     with pytest.raises(DeviceMismatch):
         load_model(TrainingConfig.for_profile("tpu"))  # before any download
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("COURSE_")}
-    out = subprocess.run([sys.executable, "-m", "course_utils.training", "--profile", "tpu", "--run-dir",
+    out = subprocess.run([sys.executable, "-m", "tools.train", "--profile", "tpu", "--run-dir",
                           str(tmp_path)], env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
                          timeout=300, cwd=Path(install.__file__).resolve().parent.parent)
     assert out.returncode != 0 and "DeviceMismatch: the 'tpu' profile needs 8 TPU devices" in out.stderr
