@@ -1,9 +1,22 @@
 """The repository's contract: layout, the README's two commands, and what CI runs."""
 
+import ast
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at module level or inside a function (`from p import m` → `p.m`)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {f"{node.module}.{a.name}" for a in node.names} if node.module in ("course_utils", "tools") \
+                else {node.module or ""}
+    return names
 
 
 def _readme_commands() -> list[str]:
@@ -40,7 +53,6 @@ def test_requirements_are_exact_pins():
 
 def test_tooling_lives_outside_the_installed_package():
     """`tools/` is run from the repository root, never installed, and the library never imports it."""
-    import ast
     import tomllib
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -49,10 +61,8 @@ def test_tooling_lives_outside_the_installed_package():
     for name in ("run_course", "kaggle_job", "notebooks", "rehearse", "proof", "bench_training"):
         assert (ROOT / "tools" / f"{name}.py").is_file() and not (ROOT / "course_utils" / f"{name}.py").exists()
     for module in sorted((ROOT / "course_utils").glob("*.py")):
-        for node in ast.walk(ast.parse(module.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n == "tools" or n.startswith("tools.") for n in names), f"{module.name} imports {names}"
+        names = _imported_modules(module)
+        assert not any(n == "tools" or n.startswith("tools.") for n in names), f"{module.name} imports {names}"
 
 
 def test_tools_run_as_modules_from_the_repository_root():
@@ -67,19 +77,8 @@ def test_tools_run_as_modules_from_the_repository_root():
 
 def test_course_utils_and_tools_have_no_import_cycles():
     """Every `course_utils` / `tools` import, module-level or inside a function, forms no cycle."""
-    import ast
-
-    graph: dict[str, set[str]] = {}
-    for package in ("course_utils", "tools"):
-        for path in (ROOT / package).glob("*.py"):
-            deps = graph.setdefault(f"{package}.{path.stem}", set())
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.module in ("course_utils", "tools"):
-                    deps |= {f"{node.module}.{a.name}" for a in node.names}
-                elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("course_utils", "tools"):
-                    deps.add(node.module)
-                elif isinstance(node, ast.Import):
-                    deps |= {a.name for a in node.names if a.name.split(".")[0] in ("course_utils", "tools")}
+    graph = {f"{package}.{path.stem}": _imported_modules(path)
+             for package in ("course_utils", "tools") for path in (ROOT / package).glob("*.py")}
 
     def cycle_from(start: str, path: list[str]) -> list[str] | None:
         for dep in sorted(graph.get(path[-1], ())):
